@@ -1,0 +1,185 @@
+"""The architecture of a model as one typed, JSON-serialisable dataclass.
+
+Every variant the paper studies is a value here, never a separate class. The config is
+saved inside every checkpoint, so a file alone rebuilds its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitkit.errors import ConfigError
+
+POOLS = ("token", "gap", "map")
+POSEMBS = ("none", "learned1d", "learned2d", "sincos2d", "relative")
+POSEMB_WHERE = ("stem", "every_layer", "every_layer_shared")
+ACTS = ("gelu", "gelu_tanh")
+STEMS = ("patch", "resnet")
+
+# Which placements each kind supports (paper appendix D.4, Table 8; "n/a" cells are refused).
+_WHERE_FOR_KIND = {
+    "none": ("stem",),
+    "learned1d": POSEMB_WHERE,
+    "learned2d": POSEMB_WHERE,
+    "sincos2d": ("stem", "every_layer_shared"),
+    "relative": ("stem",),
+}
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ConfigError(f"expected an int or a pair (h, w), got {value!r}")
+    return value
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a Vision Transformer (SPEC section 1)."""
+
+    image_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    pool: str = "token"
+    posemb: str = "learned1d"
+    posemb_where: str = "stem"
+    # Google's checkpoints give the class token a position embedding; big_vision and
+    # timm's `no_embed_class` models add it to the patch tokens only.
+    posemb_class_slot: bool = True
+    representation_size: int | None = None
+    distill_token: bool = False
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    act: str = "gelu"
+    norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    stem: str = "patch"
+    # Hybrid stem (stem="resnet"): units per ResNet stage and the root width.
+    resnet_layers: tuple[int, ...] = ()
+    resnet_width: int = 64
+    # Resample position embeddings on the fly when the input size differs.
+    dynamic_image_size: bool = False
+    name: str = "custom"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.image_size = _pair(self.image_size)
+        self.resnet_layers = tuple(int(n) for n in self.resnet_layers)
+        self.validate()
+
+    # ----------------------------------------------------------------- derived values
+    @property
+    def stem_stride(self) -> int:
+        """Pixels per token along each side."""
+        if self.stem == "resnet":
+            return self.patch_size * 4 * 2 ** (len(self.resnet_layers) - 1)
+        return self.patch_size
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        h, w = self.image_size
+        return (h // self.stem_stride, w // self.stem_stride)
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class and distillation tokens placed before the patch tokens."""
+        return int(self.pool == "token") + int(self.distill_token)
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in options:
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(options)}")
+
+        choice("pool", POOLS)
+        choice("posemb", POSEMBS)
+        choice("posemb_where", POSEMB_WHERE)
+        choice("act", ACTS)
+        choice("stem", STEMS)
+        if self.posemb_where not in _WHERE_FOR_KIND[self.posemb]:
+            raise ConfigError(
+                f"posemb={self.posemb!r} cannot be placed at posemb_where={self.posemb_where!r}; "
+                f"use one of {', '.join(_WHERE_FOR_KIND[self.posemb])}"
+            )
+        for name in ("patch_size", "in_chans", "width", "num_heads", "mlp_dim"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        # depth 0 with stem="resnet" and pool="gap" is the paper's plain ResNet baseline.
+        if self.depth < 0:
+            raise ConfigError(f"depth must be >= 0, got {self.depth}")
+        if self.num_classes < 0:
+            raise ConfigError(f"num_classes must be >= 0 (0 means no head), got {self.num_classes}")
+        if self.width % self.num_heads:
+            raise ConfigError(
+                f"width {self.width} is not divisible by num_heads {self.num_heads}; "
+                "choose a head count that divides the width"
+            )
+        if self.posemb == "learned2d" and self.width % 2:
+            raise ConfigError("posemb='learned2d' needs an even width (half for rows, half for columns)")
+        if self.posemb == "sincos2d" and self.width % 4:
+            raise ConfigError("posemb='sincos2d' needs a width divisible by 4")
+        if self.stem == "resnet" and not self.resnet_layers:
+            raise ConfigError("stem='resnet' needs resnet_layers, e.g. (3, 4, 9) for R50")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {rate}")
+        if self.representation_size is not None and self.representation_size <= 0:
+            raise ConfigError("representation_size must be positive or None")
+        h, w = self.image_size
+        s = self.stem_stride
+        if h % s or w % s or h < s or w < s:
+            raise ConfigError(
+                f"image size {h}x{w} is not a multiple of the stride {s} (patch size "
+                f"{self.patch_size}); resize the images or pick another patch size"
+            )
+
+    # ----------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["resnet_layers"] = list(self.resnet_layers)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model option(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **overrides) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown model option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **overrides)
