@@ -70,12 +70,21 @@ class ModelConfig:
     resnet_width: int = 64
     # Resample position embeddings on the fly when the input size differs.
     dynamic_image_size: bool = False
+    # What the model expects of its input (not applied in forward): pixels in [0, 1] are
+    # normalised as (x - mean) / std per channel; one value broadcasts over channels.
+    # The default maps [0, 1] to [-1, 1], as the official models do.
+    input_mean: tuple[float, ...] = (0.5,)
+    input_std: tuple[float, ...] = (0.5,)
+    class_names: tuple[str, ...] = ()
     name: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.image_size = _pair(self.image_size)
         self.resnet_layers = tuple(int(n) for n in self.resnet_layers)
+        self.input_mean = tuple(float(v) for v in self.input_mean)
+        self.input_std = tuple(float(v) for v in self.input_std)
+        self.class_names = tuple(str(v) for v in self.class_names)
         self.validate()
 
     # ----------------------------------------------------------------- derived values
@@ -145,6 +154,13 @@ class ModelConfig:
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {rate}")
+        for name in ("input_mean", "input_std"):
+            if len(getattr(self, name)) not in (1, self.in_chans):
+                raise ConfigError(f"{name} needs 1 or in_chans={self.in_chans} values")
+        if any(s <= 0 for s in self.input_std):
+            raise ConfigError("input_std values must be positive")
+        if self.class_names and self.num_classes and len(self.class_names) != self.num_classes:
+            raise ConfigError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
         if self.representation_size is not None and self.representation_size <= 0:
             raise ConfigError("representation_size must be positive or None")
         h, w = self.image_size
@@ -159,7 +175,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["image_size"] = list(self.image_size)
-        d["resnet_layers"] = list(self.resnet_layers)
+        for key in ("resnet_layers", "input_mean", "input_std", "class_names"):
+            d[key] = list(d[key])
         return d
 
     def to_json(self) -> str:

@@ -208,7 +208,7 @@ class VisionTransformer(nn.Module):
 
     def reset_head(self, num_classes: int) -> None:
         """Replace the classifier with a zero-initialised one for `num_classes` classes."""
-        self.config = self.config.replace(num_classes=num_classes)
+        self.config = self.config.replace(num_classes=num_classes, class_names=())
         ref = next(self.parameters())
 
         def make() -> nn.Module:
