@@ -1,0 +1,76 @@
+"""`vitkit` command: argparse front-end; each sub-command lives in its own module.
+
+A command module defines `register(subparsers)`, which adds its parser and sets
+`func=run`; `run(args)` returns the exit code. User errors raise VitkitError: printed as one
+line, exit code 2, traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from vitkit.errors import VitkitError
+
+COMMANDS = ["train", "eval", "predict", "models", "convert", "fewshot", "probe", "analyze",
+            "experiment", "bench", "pretrain", "shard"]
+
+
+def common_flags() -> argparse.ArgumentParser:
+    """Flags every sub-command accepts."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parent.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitkit", description="Vision Transformers: train, evaluate, analyse, convert.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parent = common_flags()
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"vitkit.cli.{name}_cmd")
+        except ModuleNotFoundError as e:
+            if e.name == f"vitkit.cli.{name}_cmd":
+                continue
+            raise
+        module.register(sub, parent)
+    return parser
+
+
+def _version() -> str:
+    from vitkit import __version__
+
+    return f"vitkit {__version__}"
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VitkitError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
