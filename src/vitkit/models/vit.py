@@ -163,7 +163,7 @@ class VisionTransformer(nn.Module):
                 self.pos_embed = make()
         self.pos_drop = nn.Dropout(cfg.dropout)
 
-        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist() if cfg.depth else []
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, grid, rate) for rate in rates)
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.map_head = MapHead(cfg) if cfg.pool == "map" else None
