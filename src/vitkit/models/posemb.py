@@ -74,6 +74,8 @@ class PositionEmbedding(nn.Module):
             self.col = nn.Parameter(torch.empty(gw, width - width // 2))
             self.slots = nn.Parameter(torch.empty(1, num_slots, width)) if num_slots else None
         elif kind == "sincos2d":
+            # Fixed embeddings have nothing to learn for the class token: it gets none (big_vision).
+            self.num_slots = 0
             self.register_buffer("fixed", sincos2d(self.grid, width), persistent=False)
         else:
             raise ValueError(f"no additive embedding for kind {kind!r}")
