@@ -73,6 +73,7 @@ def load_native(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, dict
         raise CheckpointError(f"{path} has no readable vitkit config ({e})") from None
     except ConfigError as e:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
-    tensors = read_tensors(path)
-    extra = {k: v for k, v in meta.items() if k not in (FORMAT_KEY, "format")}
+    # Training checkpoints carry optimiser and RNG state beside the model under this prefix.
+    tensors = {k: v for k, v in read_tensors(path).items() if not k.startswith("train_state.")}
+    extra = {k: v for k, v in meta.items() if k not in (FORMAT_KEY, "format", "train_state")}
     return cfg, tensors, extra

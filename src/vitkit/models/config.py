@@ -29,7 +29,7 @@ _WHERE_FOR_KIND = {
 }
 
 
-def _pair(value) -> tuple[int, int]:
+def as_pair(value) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
     value = tuple(int(v) for v in value)
@@ -80,7 +80,7 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.image_size = _pair(self.image_size)
+        self.image_size = as_pair(self.image_size)
         self.resnet_layers = tuple(int(n) for n in self.resnet_layers)
         self.input_mean = tuple(float(v) for v in self.input_mean)
         self.input_std = tuple(float(v) for v in self.input_std)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from vitkit.models.config import _pair
+from vitkit.models.config import as_pair
 from vitkit.models.posemb import resample_grid, resample_line
 from vitkit.models.vit import VisionTransformer
 
@@ -32,7 +32,7 @@ def resize_state(state: dict[str, torch.Tensor], old_grid: tuple[int, int],
 
 def resize_image_size(model: VisionTransformer, image_size) -> VisionTransformer:
     """A copy of `model` for inputs of `image_size` (int or (h, w)), same patch size."""
-    image_size = _pair(image_size)
+    image_size = as_pair(image_size)
     cfg = model.config
     if image_size == cfg.image_size:
         return model

@@ -1,0 +1,53 @@
+"""Classification metrics on in-memory data: logits, top-1/top-5 accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from vitkit.data.augment import normalize
+from vitkit.models.vit import VisionTransformer
+
+
+def autocast(device: torch.device, precision: str):
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_logits(model: VisionTransformer, images: torch.Tensor, batch_size: int = 512,
+                   precision: str = "fp32") -> torch.Tensor:
+    """Logits (N, K) in float32 for uint8 images (N, C, H, W) already at the model's size."""
+    was_training = model.training
+    model.eval()
+    ref = next(model.parameters())
+    cfg = model.config
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(ref.device, non_blocking=True)
+        x = normalize(x, cfg.input_mean, cfg.input_std)
+        with autocast(ref.device, precision):
+            out.append(model(x).float())
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, cfg.num_classes)
+    return torch.cat(out)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """top1, top5 (0..1), n and the confusion matrix (rows: true class, columns: predicted)."""
+    labels = labels.to(logits.device)
+    n, k = logits.shape
+    pred = logits.argmax(dim=1)
+    top = logits.topk(min(5, k), dim=1).indices
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    confusion.index_put_((labels.cpu(), pred.cpu()), torch.ones(n, dtype=torch.long), accumulate=True)
+    return {
+        "top1": float((pred == labels).float().mean()) if n else 0.0,
+        "top5": float((top == labels[:, None]).any(dim=1).float().mean()) if n else 0.0,
+        "n": int(n),
+        "confusion": confusion.tolist(),
+    }

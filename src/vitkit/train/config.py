@@ -1,0 +1,138 @@
+"""The full configuration of a training run, as one dataclass that round-trips through YAML.
+
+`None` means "pick from the data" (train/auto.py); the resolved config written to a run's
+config.yaml has every value filled in, so `vitkit train --config config.yaml` reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitkit.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FREEZE = ("none", "backbone")
+RECIPES = ("default", "finetune")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "digits"
+    out: str | None = None
+    # Model: a preset name, "custom", or "auto" (chosen from the data); options override it.
+    model: str = "auto"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+    freeze: str = "none"
+    recipe: str = "default"
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float | None = None
+    schedule: str = "cosine"
+    schedule_unit: str = "step"
+    min_lr_ratio: float = 0.0
+    label_smoothing: float | None = None
+    grad_clip: float | None = None
+    accum_steps: int = 1
+    ema: float = 0.0
+    early_stop: int = 0
+
+    augment: dict[str, Any] = field(default_factory=dict)
+
+    precision: str = "auto"
+    compile: bool = False
+    device: str = "auto"
+    eval_batch_size: int = 512
+    seed: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    image_size: int | None = None
+    skip_bad_images: bool = False
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        self.validate()
+
+    def validate(self) -> None:
+        def choice(name, options):
+            value = getattr(self, name)
+            if value is not None and value not in options:
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(options)}")
+
+        choice("optimizer", OPTIMIZERS)
+        choice("schedule", SCHEDULES)
+        choice("schedule_unit", ("step", "epoch"))
+        choice("precision", PRECISIONS)
+        choice("freeze", FREEZE)
+        choice("recipe", RECIPES)
+        positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and int(value) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value}")
+        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop")
+        for name in nonneg:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.lr == 0:
+            raise ConfigError("lr must be positive")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must be in [0, 1) (0 turns it off), got {self.ema}")
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 0.5:
+                raise ConfigError(f"{name} must be in [0, 0.5), got {getattr(self, name)}")
+        if self.freeze == "backbone" and not self.init:
+            raise ConfigError("--freeze backbone needs --init CKPT (a trained backbone to keep)")
+
+    # ------------------------------------------------------------------ YAML
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ConfigError("a training config must be a mapping of option: value")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"bad training config: {e}") from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            d = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        return cls.from_dict(d or {})
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,69 @@
+"""The run folder: config.yaml, metrics.jsonl, summary.json, checkpoints/, plots/.
+
+Every file is written atomically, so a run that fails or is killed leaves what it wrote
+before intact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from vitkit.errors import ConfigError
+from vitkit.io import write_json, write_text
+from vitkit.train.config import TrainConfig
+from vitkit.train.plots import plot_confusion, plot_curves
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def open(cls, out: str | None, resume: bool) -> "RunFolder":
+        if out is None:
+            if resume:
+                raise ConfigError("--resume needs --out DIR, the run folder to continue")
+            out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        path = Path(out)
+        if resume:
+            if not (path / "config.yaml").is_file():
+                raise ConfigError(f"{path} holds no run to resume (no config.yaml); check --out")
+        elif (path / "config.yaml").exists() or (path / "checkpoints").exists():
+            raise ConfigError(f"{path} already holds a run; continue it with --resume or choose "
+                              "another --out")
+        elif path.exists() and not path.is_dir():
+            raise ConfigError(f"--out {path} is a file, not a folder")
+        try:
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (path / "plots").mkdir(exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the run folder {path}: {e.strerror}") from None
+        return cls(path)
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "last.safetensors"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "best.safetensors"
+
+    def read_config(self) -> TrainConfig:
+        cfg = TrainConfig.from_yaml(self.path / "config.yaml")
+        return cfg.replace(out=str(self.path))
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        write_text(self.path / "config.yaml", cfg.replace(out=str(self.path)).to_yaml())
+
+    def write_metrics(self, history: list[dict]) -> None:
+        write_text(self.path / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+    def write_summary(self, summary: dict, confusion: list[list[int]], class_names: list[str],
+                      history: list[dict]) -> None:
+        write_json(self.path / "summary.json", {**summary, "test_confusion": confusion})
+        if history:
+            plot_curves(history, self.path / "plots")
+        plot_confusion(confusion, class_names, self.path / "plots" / "confusion.png",
+                       f"Test confusion matrix (top-1 {summary['test_acc']:.4f})")
