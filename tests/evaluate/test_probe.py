@@ -20,7 +20,7 @@ def _blobs(n=300, dim=6, classes=3, seed=0, spread=1.5):
 @pytest.mark.parametrize("weight_decay", [1e-1, 1e-3])
 def test_fit_matches_sklearn_logistic_regression(weight_decay):
     x, y = _blobs()
-    w, b = fit_logistic(x, y, 3, weight_decay)
+    w, b = fit_logistic(x, y, 3, weight_decay, max_iter=1000, tolerance=1e-10)
     oracle = sklearn_linear.LogisticRegression(C=1.0 / (weight_decay * len(y)), tol=1e-12, max_iter=10000)
     oracle.fit(x.numpy(), y.numpy())
     np.testing.assert_allclose(w.numpy(), oracle.coef_, atol=2e-4, rtol=1e-3)

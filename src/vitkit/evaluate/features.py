@@ -113,3 +113,22 @@ def cached_features(checkpoint: str | os.PathLike, model: torch.nn.Module, split
         save_file({"features": features.contiguous()}, str(tmp),
                   metadata={"split": split, "version": FEATURE_VERSION})
     return features
+
+
+def split_features(checkpoint: str | os.PathLike, data, splits=("train", "val", "test"), *,
+                   model: torch.nn.Module | None = None, cache_dir: str | os.PathLike | None = None,
+                   use_cache: bool = True, batch_size: int = 256, progress: bool = True
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{split: (features, labels)} of a `DataSplits` for the checkpoint, through the cache.
+    The model is read from `checkpoint` (with `vitkit.load`) unless given."""
+    if model is None:
+        from vitkit.formats import load
+
+        model = load(checkpoint)
+    out = {}
+    for name in splits:
+        part = data.split(name)
+        feats = cached_features(checkpoint, model, name, part.images, part.labels, cache_dir=cache_dir,
+                                use_cache=use_cache, batch_size=batch_size, progress=progress)
+        out[name] = (feats, part.labels)
+    return out

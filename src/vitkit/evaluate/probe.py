@@ -22,9 +22,11 @@ WEIGHT_DECAYS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
-                 max_iter: int = 500, init: tuple[torch.Tensor, torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W (K, F), b (K,)) minimising mean cross-entropy + weight_decay/2 ||W||^2 on (x, y)."""
+                 max_iter: int = 300, init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 tolerance: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W (K, F), b (K,)) minimising mean cross-entropy + weight_decay/2 ||W||^2 on (x, y).
+
+    Stops after `max_iter` L-BFGS iterations or when no gradient entry exceeds `tolerance`."""
     x = x.double()
     if init is None:
         w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
@@ -34,7 +36,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
     w.requires_grad_(True)
     b.requires_grad_(True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-9, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+                            tolerance_grad=tolerance, tolerance_change=1e-14, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -56,7 +58,7 @@ def _accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
                  val_y: torch.Tensor, test_x: torch.Tensor | None = None,
                  test_y: torch.Tensor | None = None, num_classes: int | None = None,
-                 weight_decays: tuple[float, ...] = WEIGHT_DECAYS, max_iter: int = 500) -> dict:
+                 weight_decays: tuple[float, ...] = WEIGHT_DECAYS, max_iter: int = 300) -> dict:
     """Fit on the training features, choose the weight decay on validation, report accuracies.
 
     Returns {"weight_decay", "val_accuracy", "test_accuracy" (None without test data),
