@@ -80,3 +80,22 @@ def test_hybrid_skips_the_filters_with_a_note(tmp_path):
     assert result["filters"] is None and any("filters.png skipped" in n for n in result["notes"])
     assert result["model"]["stem_stride"] == 4
     assert (tmp_path / "rollout.png").exists()
+
+
+def test_a_model_without_attention_layers_gets_notes_not_pictures(tmp_path):
+    resnet = vitkit.create_model("custom", image_size=32, patch_size=1, in_chans=3, num_classes=2, width=32,
+                                 depth=0, num_heads=2, mlp_dim=32, stem="resnet", resnet_layers=(1,),
+                                 resnet_width=32, pool="gap", posemb="none")
+    result = analyze(resnet, _images(n=2, c=3, size=32), tmp_path)
+    assert result["files"] == [] and result["mean_attention_distance"] is None and result["rollout"] is None
+    assert len(result["notes"]) == 3
+    assert json.loads((tmp_path / "analysis.json").read_text())["notes"] == result["notes"]
+
+
+def test_small_batches_give_the_same_numbers(tmp_path):
+    model, images = _model(), _images(n=7)
+    whole = analyze(model, images, tmp_path / "a", batch_size=32)
+    pieces = analyze(model, images, tmp_path / "b", batch_size=2)
+    assert torch.allclose(torch.tensor(whole["mean_attention_distance"]),
+                          torch.tensor(pieces["mean_attention_distance"]), atol=1e-5)
+    assert torch.allclose(torch.tensor(whole["rollout"]["maps"]), torch.tensor(pieces["rollout"]["maps"]))

@@ -18,6 +18,14 @@ from vitkit.errors import ConfigError
 from vitkit.evaluate.preprocess import normalize, resize_images
 from vitkit.io import write_json
 
+# Attention weights kept per forward pass (all layers and heads, float32) are capped near this
+# size by shrinking the batch: a ViT-L/16 at 384 pixels needs ~0.5 GB per image.
+ATTENTION_BYTES_PER_BATCH = 1 << 30
+
+
+def _rounded(t: torch.Tensor, decimals: int = 6) -> list:
+    return t.double().round(decimals=decimals).tolist()
+
 
 @torch.no_grad()
 def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str | os.PathLike, *,
@@ -29,6 +37,8 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     `images` are uint8, (N, C, H, W) or a list of (C, H, W), resized to the model's input.
     Mean attention distance averages over all of them; rollout.png shows the first
     `rollout_images`. An analysis that does not apply to the model is skipped with a note.
+    Images go through the model `batch_size` at a time, fewer when keeping the attention
+    weights of a batch would exceed ATTENTION_BYTES_PER_BATCH.
     """
     model.eval()
     cfg = model.config
@@ -52,8 +62,8 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
                      f"{model_name}: top {len(explained)} principal components of the "
                      f"{cfg.patch_size}x{cfg.patch_size} patch-embedding filters")
         result["filters"] = {"num_components": len(explained),
-                             "explained_variance_ratio": explained.tolist(),
-                             "components": components.tolist()}
+                             "explained_variance_ratio": _rounded(explained),
+                             "components": _rounded(components)}
         result["files"].append("filters.png")
     except ConfigError as e:
         result["filters"] = None
@@ -65,7 +75,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
         plot_posemb_similarity(similarity, cfg.grid_size, out / "posemb_similarity.png",
                                f"{model_name}: position-embedding similarity ({cfg.posemb})")
         result["posemb_similarity"] = {"grid": list(cfg.grid_size), "source": source,
-                                       "similarity": similarity.tolist()}
+                                       "similarity": _rounded(similarity)}
         result["files"].append("posemb_similarity.png")
         if model.layer_pos_embeds is not None:
             result["notes"].append(f"posemb_similarity.png shows {source}")
@@ -86,6 +96,8 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     total = torch.zeros(cfg.depth, cfg.num_heads, dtype=torch.float64)
     maps = []
     device = next(model.parameters()).device
+    tokens = n + cfg.num_patches
+    batch_size = max(1, min(batch_size, ATTENTION_BYTES_PER_BATCH // (4 * cfg.depth * cfg.num_heads * tokens**2)))
     starts = range(0, pixels.shape[0], batch_size)
     for start in tqdm(starts, desc="attention", unit="batch", disable=not progress, leave=False):
         x = normalize(pixels[start:start + batch_size], cfg).to(device)
@@ -107,7 +119,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     query = rollout_query(cfg.pool)
     plot_rollout(pixels[:len(maps)], maps, out / "rollout.png",
                  f"{model_name}: attention rollout ({query}; heat scaled to each map's maximum)")
-    result["rollout"] = {"query": query, "grid": list(cfg.grid_size), "maps": maps.tolist()}
+    result["rollout"] = {"query": query, "grid": list(cfg.grid_size), "maps": _rounded(maps, 8)}
     result["files"].append("rollout.png")
 
     write_json(out / "analysis.json", result)
