@@ -30,13 +30,14 @@ def _rounded(t: torch.Tensor, decimals: int = 6) -> list:
 @torch.no_grad()
 def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str | os.PathLike, *,
             num_components: int = 28, rollout_images: int = 8, batch_size: int = 32,
-            progress: bool = False) -> dict:
+            progress: bool = False, name: str | None = None) -> dict:
     """Write filters.png, posemb_similarity.png, attention_distance.png, rollout.png and
     analysis.json (the numbers behind each picture) to `out_dir`; return the JSON's content.
 
     `images` are uint8, (N, C, H, W) or a list of (C, H, W), resized to the model's input.
     Mean attention distance averages over all of them; rollout.png shows the first
     `rollout_images`. An analysis that does not apply to the model is skipped with a note.
+    `name` heads the picture titles (default: the config's name).
     Images go through the model `batch_size` at a time, fewer when keeping the attention
     weights of a batch would exceed ATTENTION_BYTES_PER_BATCH.
     """
@@ -45,7 +46,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pixels = resize_images(images, cfg)
-    model_name = cfg.name if cfg.name != "custom" else "model"
+    model_name = name or (cfg.name if cfg.name != "custom" else "model")
     result: dict = {
         "model": {"name": cfg.name, "image_size": list(cfg.image_size), "patch_size": cfg.patch_size,
                   "stem": cfg.stem, "stem_stride": cfg.stem_stride, "grid": list(cfg.grid_size),

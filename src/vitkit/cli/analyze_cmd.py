@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from vitkit.cli.main import print_json
 from vitkit.errors import ConfigError, DataError
 
@@ -63,7 +65,7 @@ def run(args) -> int:
         images = load_data(spec).split(args.split).images[:args.num_images]
         source = f"{spec} ({args.split} split, first {len(images)} images)"
     result = analyze(model, images, args.out, rollout_images=args.rollout_images,
-                     batch_size=args.batch_size, progress=not args.quiet)
+                     batch_size=args.batch_size, progress=not args.quiet, name=Path(args.checkpoint).name)
     summary = {"out": str(args.out), "images": source, "files": result["files"], "notes": result["notes"],
                "mean_attention_distance": result["mean_attention_distance"]}
     if args.json:
