@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory):
     return vitkit.save(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
-def test_fewshot_json_and_the_cache_it_leaves(checkpoint, tmp_path):
+def test_fewshot_json_and_the_cache_it_leaves(checkpoint, tmp_path, capsys):
     cache = tmp_path / "cache"
     run = _vitkit("fewshot", checkpoint, "--shots", "1,3", "--repeats", "2", "--json", cache=cache)
     assert run.returncode == 0, run.stderr
@@ -39,9 +39,12 @@ def test_fewshot_json_and_the_cache_it_leaves(checkpoint, tmp_path):
     assert result["num_classes"] == 10 and result["feature_dim"] == 32
     cached = sorted(p.name.split("-")[0] for p in cache.rglob("*.safetensors"))
     assert cached == ["test", "train"]
-    again = _vitkit("fewshot", checkpoint, "--shots", "1,3", "--repeats", "2", "--json", "--quiet", cache=cache)
-    assert json.loads(again.stdout) == result
-    assert again.stderr == ""  # --quiet: no progress bars
+    capsys.readouterr()
+    args = ["fewshot", str(checkpoint), "--shots", "1,3", "--repeats", "2", "--json", "--quiet", "--cache-dir", str(cache)]
+    assert main(args) == 0
+    again = capsys.readouterr()
+    assert json.loads(again.out) == result
+    assert again.err == ""  # --quiet: no progress bars
 
 
 def test_probe_json(checkpoint, tmp_path):
