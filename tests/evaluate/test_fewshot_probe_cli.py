@@ -39,12 +39,14 @@ def test_fewshot_json_and_the_cache_it_leaves(checkpoint, tmp_path, capsys):
     assert result["num_classes"] == 10 and result["feature_dim"] == 32
     cached = sorted(p.name.split("-")[0] for p in cache.rglob("*.safetensors"))
     assert cached == ["test", "train"]
+    written = {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")}
     capsys.readouterr()
     args = ["fewshot", str(checkpoint), "--shots", "1,3", "--repeats", "2", "--json", "--quiet", "--cache-dir", str(cache)]
     assert main(args) == 0
     again = capsys.readouterr()
     assert json.loads(again.out) == result
     assert again.err == ""  # --quiet: no progress bars
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")} == written  # reused, not rewritten
 
 
 def test_probe_json(checkpoint, tmp_path):
