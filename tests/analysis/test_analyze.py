@@ -99,3 +99,9 @@ def test_small_batches_give_the_same_numbers(tmp_path):
     assert torch.allclose(torch.tensor(whole["mean_attention_distance"]),
                           torch.tensor(pieces["mean_attention_distance"]), atol=1e-5)
     assert torch.allclose(torch.tensor(whole["rollout"]["maps"]), torch.tensor(pieces["rollout"]["maps"]))
+
+
+def test_no_rollout_images_asked_for(tmp_path):
+    result = analyze(_model(), _images(n=2), tmp_path, rollout_images=0)
+    assert result["rollout"] is None and "rollout.png" not in result["files"]
+    assert len(result["mean_attention_distance"]) == 2

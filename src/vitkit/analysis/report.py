@@ -116,6 +116,11 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     result["mean_attention_distance_units"] = "pixels of the model's input image"
     result["files"].append("attention_distance.png")
 
+    if not maps:
+        result["rollout"] = None
+        result["notes"].append("rollout.png skipped: no images asked for (rollout_images=0)")
+        write_json(out / "analysis.json", result)
+        return result
     maps = torch.cat(maps)[:rollout_images]
     query = rollout_query(cfg.pool)
     plot_rollout(pixels[:len(maps)], maps, out / "rollout.png",
