@@ -105,3 +105,18 @@ def test_no_rollout_images_asked_for(tmp_path):
     result = analyze(_model(), _images(n=2), tmp_path, rollout_images=0)
     assert result["rollout"] is None and "rollout.png" not in result["files"]
     assert len(result["mean_attention_distance"]) == 2
+
+
+VARIANTS = [dict(pool="map"), dict(distill_token=True), dict(distill_token=True, pool="gap"),
+            dict(posemb="sincos2d", posemb_where="every_layer_shared", posemb_class_slot=False),
+            dict(posemb="learned1d", posemb_where="every_layer", posemb_class_slot=False)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_gives_maps_over_the_patch_grid(tmp_path, variant):
+    result = analyze(_model(**variant), _images(n=3), tmp_path)
+    assert torch.tensor(result["rollout"]["maps"]).shape == (3, 4, 4)
+    assert torch.tensor(result["mean_attention_distance"]).shape == (2, 2)
+    assert torch.tensor(result["posemb_similarity"]["similarity"]).shape == (16, 16)
+    expected = "class token's row" if variant.get("pool", "token") == "token" else "mean of the patch tokens' rows"
+    assert result["rollout"]["query"] == expected
