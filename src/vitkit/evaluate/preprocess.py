@@ -1,0 +1,60 @@
+"""Turning uint8 images of any size and channel count into what a model takes as input."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vitkit.errors import DataError
+from vitkit.models.config import ModelConfig
+
+
+def _adapt_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    c = x.shape[1]
+    if c == in_chans:
+        return x
+    if c == 1:
+        return x.expand(-1, in_chans, -1, -1)
+    if in_chans == 1:
+        return x.mean(dim=1, keepdim=True)
+    raise DataError(f"cannot feed {c}-channel images to a model with {in_chans} input channels")
+
+
+def resize_images(images: torch.Tensor | Sequence[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    """(N, in_chans, H, W) float pixels in [0, 1] at the model's image size.
+
+    `images` is a uint8 (N, C, H, W) tensor or a list of uint8 (C, H, W) tensors of any sizes.
+    Other sizes are resized bilinearly; grey becomes RGB by repetition, RGB becomes grey by the
+    channel mean.
+    """
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise DataError(f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
+        return _resize_batch(images, cfg)
+    if not images:
+        return torch.empty(0, cfg.in_chans, *cfg.image_size)
+    return torch.cat([_resize_batch(img.unsqueeze(0), cfg) for img in images])
+
+
+def _resize_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    if images.dtype != torch.uint8:
+        raise DataError(f"expected uint8 images, got {images.dtype}")
+    x = _adapt_channels(images.float() / 255.0, cfg.in_chans)
+    if tuple(x.shape[-2:]) != tuple(cfg.image_size):
+        x = F.interpolate(x, size=cfg.image_size, mode="bilinear", align_corners=False,
+                          antialias=True).clamp_(0.0, 1.0)
+    return x
+
+
+def normalize(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """(x - input_mean) / input_std per channel, for pixels in [0, 1]."""
+    mean = torch.tensor(cfg.input_mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.input_std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+    return (pixels - mean) / std
+
+
+def prepare_images(images: torch.Tensor | Sequence[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    """uint8 images (any size, any of 1 or 3 channels) -> the model's normalised float input."""
+    return normalize(resize_images(images, cfg), cfg)
