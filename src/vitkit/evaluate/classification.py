@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from vitkit.data.augment import normalize
+from vitkit.evaluate.preprocess import prepare_images
 from vitkit.models.vit import VisionTransformer
 
 
@@ -20,15 +20,15 @@ def autocast(device: torch.device, precision: str):
 @torch.no_grad()
 def predict_logits(model: VisionTransformer, images: torch.Tensor, batch_size: int = 512,
                    precision: str = "fp32") -> torch.Tensor:
-    """Logits (N, K) in float32 for uint8 images (N, C, H, W) already at the model's size."""
+    """Logits (N, K) in float32 for uint8 images (N, C, H, W); other sizes and channel counts
+    are adapted to the model's input."""
     was_training = model.training
     model.eval()
     ref = next(model.parameters())
     cfg = model.config
     out = []
     for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(ref.device, non_blocking=True)
-        x = normalize(x, cfg.input_mean, cfg.input_std)
+        x = prepare_images(images[start:start + batch_size].to(ref.device, non_blocking=True), cfg)
         with autocast(ref.device, precision):
             out.append(model(x).float())
     model.train(was_training)

@@ -97,11 +97,14 @@ def resolve(cfg: TrainConfig, data: DataSplits) -> tuple[TrainConfig, ModelConfi
         changes["label_smoothing"] = 0.0 if finetune else 0.1
     if cfg.grad_clip is None:
         changes["grad_clip"] = 1.0
-    if not cfg.augment:
-        aug = default_augment(model_cfg.image_size, model_cfg.in_chans, n)
-        changes["augment"] = {k: v for k, v in dataclasses.asdict(aug).items() if k != "label_smoothing"}
-        notes.append("augmentation: " + ", ".join(f"{k}={v}" for k, v in changes["augment"].items()
-                                                  if v not in (0, 0.0, False, "none")))
+    picked = dataclasses.asdict(default_augment(model_cfg.image_size, model_cfg.in_chans, n))
+    picked.pop("label_smoothing")
+    unknown = sorted(set(cfg.augment) - set(picked))
+    if unknown:
+        raise ConfigError(f"unknown augmentation option(s): {', '.join(unknown)}")
+    changes["augment"] = {**picked, **cfg.augment}
+    active = [f"{k}={v}" for k, v in changes["augment"].items() if v not in (0, 0.0, False, "none")]
+    notes.append("augmentation: " + (", ".join(active) or "none"))
     if not cfg.init:
         # The whole architecture goes into config.yaml, so `--config` rebuilds exactly this model.
         options = model_cfg.to_dict()

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vitkit.data import load_data
-from vitkit.data.augment import AugmentConfig, Augmenter, normalize
+from vitkit.data.augment import AugmentConfig, Augmenter
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.evaluate.classification import autocast, classification_metrics, predict_logits
+from vitkit.evaluate.preprocess import normalize, resize_images
 from vitkit.formats import apply_state
 from vitkit.formats import load as load_checkpoint
 from vitkit.formats.native import save as save_model
@@ -178,8 +179,7 @@ class Trainer:
     def _input(self, images_uint8: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images_uint8.float().div_(255.0)
         x, targets = self.augment(x, labels)
-        cfg = self.model.config
-        return normalize(x, cfg.input_mean, cfg.input_std), targets
+        return normalize(x, self.model.config), targets
 
     def _eval_model(self) -> VisionTransformer:
         if self.ema is None:
@@ -235,7 +235,13 @@ class Trainer:
                 "val_acc": classification_metrics(logits, labels)["top1"]}
 
     def run(self) -> dict:
-        self.train_images = self.data.train.images.to(self.device)
+        images = self.data.train.images.to(self.device)
+        cfg = self.model.config
+        if tuple(images.shape[1:]) != (cfg.in_chans, *cfg.image_size):
+            # Resized once, kept as uint8: each step then only slices and augments.
+            images = torch.cat([resize_images(images[i:i + 1024], cfg).mul_(255).round_().to(torch.uint8)
+                                for i in range(0, images.shape[0], 1024)])
+        self.train_images = images
         self.train_labels = self.data.train.labels.to(self.device)
         start = self.progress["epoch"]
         total = self.cfg.epochs * self.steps_per_epoch

@@ -1,0 +1,44 @@
+"""`vitkit predict`: the top classes of a checkpoint for image files."""
+
+from __future__ import annotations
+
+import torch
+
+from vitkit.cli.main import print_json
+from vitkit.data import read_images
+from vitkit.evaluate.preprocess import prepare_images
+from vitkit.formats import load
+from vitkit.train.loop import pick_device
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("predict", parents=[parent], help="classify image files",
+                       description="Print the top-k classes with probabilities for each image.")
+    p.add_argument("checkpoint", help="model file (any format vitkit loads)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    device = pick_device(args.device)
+    model = load(args.checkpoint).to(device)
+    cfg = model.config
+    images = read_images(args.images, cfg.image_size, cfg.in_chans)
+    with torch.no_grad():
+        probs = model(prepare_images(images.to(device), cfg)).float().softmax(dim=-1).cpu()
+    k = min(args.topk, probs.shape[1])
+    names = list(cfg.class_names) or [str(i) for i in range(probs.shape[1])]
+    results = []
+    for path, p in zip(args.images, probs):
+        top = p.topk(k)
+        results.append({"image": path, "top": [{"class": names[i], "index": int(i), "prob": float(v)}
+                                               for v, i in zip(top.values, top.indices)]})
+    if args.json:
+        print_json({"checkpoint": args.checkpoint, "predictions": results})
+    else:
+        for r in results:
+            print(r["image"] + ": " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    return 0

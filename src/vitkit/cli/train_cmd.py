@@ -1,0 +1,87 @@
+"""`vitkit train`: train a ViT on a dataset; every config field is a flag."""
+
+from __future__ import annotations
+
+
+from vitkit.cli.main import print_json
+from vitkit.cli.options import add_dataclass_flags, collect
+from vitkit.data.augment import AugmentConfig
+from vitkit.errors import ConfigError
+from vitkit.models.config import ModelConfig
+from vitkit.train import TrainConfig, train
+
+TRAIN_HELP = {
+    "data": "digits (bundled), an image folder, a CIFAR-10/100 python folder, or an .npz with x and y",
+    "out": "run folder (default runs/<timestamp>)",
+    "model": "auto (picked from the data), custom, or a preset from `vitkit models`",
+    "init": "checkpoint to fine-tune from (new zero-initialised head, embeddings resized)",
+    "freeze": "none, or backbone to train only the head",
+    "recipe": "default, or finetune (the paper's: SGD momentum 0.9, no weight decay, clip 1, cosine)",
+    "epochs": "training epochs (default: picked from the data size)",
+    "batch_size": "images per step",
+    "optimizer": "adamw or sgd",
+    "lr": "peak learning rate",
+    "warmup_epochs": "linear warm-up length in epochs",
+    "schedule": "cosine, linear or constant decay after warm-up",
+    "schedule_unit": "update the learning rate every step or every epoch",
+    "accum_steps": "gradient accumulation: optimiser step every N batches",
+    "ema": "EMA decay of the weights (0 = off); evaluation and best checkpoint use the EMA",
+    "early_stop": "stop after N epochs without a better validation accuracy (0 = off)",
+    "precision": "auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16",
+    "compile": "torch.compile the model",
+    "device": "auto, cpu, cuda, cuda:N",
+    "image_size": "model input side (default: from the data)",
+    "skip_bad_images": "skip unreadable images (counted in a warning) instead of stopping",
+}
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("train", parents=[parent], help="train a model",
+                       description="Train a Vision Transformer. With no flags: the bundled digits, "
+                                   "with model, epochs and augmentation picked from the data.")
+    p.add_argument("--config", help="YAML config, e.g. a run's config.yaml (flags override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_dataclass_flags(p.add_argument_group("training"), TrainConfig, dest_prefix="train_",
+                        help_text=TRAIN_HELP)
+    add_dataclass_flags(p.add_argument_group("model options (override the picked or preset model)"),
+                        ModelConfig, dest_prefix="model_", skip=("image_size", "class_names", "name", "extra"))
+    add_dataclass_flags(p.add_argument_group("augmentation (defaults picked from the data)"),
+                        AugmentConfig, dest_prefix="aug_", skip=("label_smoothing",))
+    p.set_defaults(func=run)
+
+
+def build_config(args) -> TrainConfig:
+    base = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    d = base.to_dict()
+    d.update(collect(args, "train_"))
+    d["model_options"] = {**d["model_options"], **collect(args, "model_")}
+    d["augment"] = {**d["augment"], **collect(args, "aug_")}
+    return TrainConfig.from_dict(d)
+
+
+def run(args) -> int:
+    if args.resume:
+        given = set(collect(args, "train_")) | set(collect(args, "model_")) | set(collect(args, "aug_"))
+        extra = sorted(given - {"out", "device"})
+        if extra or args.config:
+            raise ConfigError("--resume continues the run with its saved config.yaml; drop "
+                              + ", ".join("--" + e.replace("_", "-") for e in extra or ["config"]))
+        cfg = TrainConfig(out=getattr(args, "train_out", None), **(
+            {"device": args.train_device} if hasattr(args, "train_device") else {}))
+    else:
+        cfg = build_config(args)
+    summary = train(cfg, resume=args.resume, quiet=args.quiet)
+    if args.json:
+        print_json(summary)
+    else:
+        n = summary["test_n"]
+        print(f"test accuracy {summary['test_acc']:.4f} ({round(summary['test_acc'] * n)}/{n}), "
+              f"top-5 {summary['test_top5']:.4f}; best validation {summary['val_acc']:.4f} at epoch "
+              f"{summary['best_epoch']}/{summary['epochs']}; {summary['train_seconds']:.1f} s training")
+        print(f"run folder: {summary['checkpoint'].rsplit('/checkpoints/', 1)[0]}  "
+              f"(best model: {summary['checkpoint']})")
+    return 0
+
+
+__all__ = ["register", "run", "build_config"]
