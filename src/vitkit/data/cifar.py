@@ -36,6 +36,10 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a global outside the allowed numpy names."""
+
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Builds dicts, lists, bytes, str, numbers and numpy arrays; refuses every other global."""
 
@@ -45,7 +49,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         try:
             return self._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}") from None
+            raise _RefusedGlobal(f"refused global {module}.{name}") from None
 
 
 def load_pickle(path: Path) -> dict:
@@ -53,10 +57,10 @@ def load_pickle(path: Path) -> dict:
     try:
         data = path.read_bytes()
         batch = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as err:
+    except _RefusedGlobal as err:
         raise DataError(f"{path} is not a plain CIFAR batch ({err}); it was not loaded. "
                         "Use the official python version of the data set") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as err:
         raise DataError(f"{path} is not a readable CIFAR batch ({type(err).__name__}: {err}); "
                         "re-extract the official python tarball") from None
     if not isinstance(batch, dict):

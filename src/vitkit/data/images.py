@@ -68,11 +68,16 @@ def pixel_limit(max_image_pixels: int | None) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = previous
 
 
+def _over_limit() -> BadImage:
+    return BadImage(f"over the limit of {Image.MAX_IMAGE_PIXELS} pixels; raise max_image_pixels "
+                    "(--max-image-pixels) if the image is genuine")
+
+
 def _open(path: Path) -> Image.Image:
     try:
         return Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImage(f"larger than the pixel limit ({err})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _over_limit() from None
     except FileNotFoundError:
         raise BadImage("file not found") from None
     except (OSError, SyntaxError, ValueError) as err:
@@ -107,8 +112,8 @@ def read_pixels(path: Path, size: Size, channels: int) -> np.ndarray:
     with _open(path) as image:
         try:
             image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise BadImage(f"larger than the pixel limit ({err})") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _over_limit() from None
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise BadImage(f"corrupt or truncated ({err})") from None
         image = _to_mode(image, channels)

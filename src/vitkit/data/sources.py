@@ -116,6 +116,8 @@ def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """x as (N, C, H, W) uint8, y as int64 and the class names, every one checked."""
     layout = "it needs x (N, H, W[, C]) uint8, y (N,) integer labels and optionally class_names"
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a readable .npz file (not a zip archive); {layout}")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [key for key in ("x", "y") if key not in data.files]
