@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from vitkit.data.augment import AugmentConfig, Augmenter, default_augment, normalize, soft_targets, to_unit_float
 from vitkit.errors import ConfigError
-
 
 SHAPES = {"grey 8x8": (64, 1, 8, 8), "rgb 32x32": (64, 3, 32, 32)}
 OPTIONS = {
