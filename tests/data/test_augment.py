@@ -185,3 +185,20 @@ def test_normalize_maps_uint8_per_channel():
 
 def test_soft_targets_without_smoothing_are_one_hot():
     assert soft_targets(torch.tensor([2, 0]), 3, 0.0).tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_resized_crop_stretches_a_box_of_the_asked_area_and_aspect():
+    size = 32
+    ramp = (torch.arange(size) + 0.5) / size
+    images = torch.stack([ramp.expand(size, size), ramp[:, None].expand(size, size), torch.zeros(size, size)])
+    images = images.expand(64, 3, size, size).contiguous()
+    augmenter = Augmenter(AugmentConfig(crop="resized", resized_scale=(0.25, 0.5)), 10, size, 3)
+    torch.manual_seed(0)
+    out, _ = augmenter(images, torch.zeros(64, dtype=torch.long))
+    # Inside the image a bilinear sample of a ramp is the ramp, so its slope is the box's side.
+    box_w = out[:, 0, :, 1:].diff(dim=-1).median(-1).values.median(-1).values * size
+    box_h = out[:, 1, 1:, :].diff(dim=-2).median(-2).values.median(-1).values * size
+    area, aspect = box_w * box_h, box_w / box_h
+    assert area.min() >= 0.25 - 1e-4 and area.max() <= 0.5 + 1e-4
+    assert aspect.min() >= 0.75 - 1e-4 and aspect.max() <= 4 / 3 + 1e-4
+    assert area.max() - area.min() > 0.15

@@ -4,10 +4,9 @@ Order per batch: crop -> flip -> RandAugment -> random erasing -> Mixup/CutMix. 
 number is drawn on the CPU from torch's global generator (kornia does the same), so
 `torch.manual_seed` fixes the result, and a GPU batch gets the same choices as a CPU one.
 
-Crop with padding, flip, erasing and mixing are a few tensor ops each: kornia's versions of
-the first three cost 5-20x more per batch of small images, which is most of a training step
-on two CPU cores. Resized crops (interpolation) and RandAugment (affine and colour ops) use
-kornia.
+Crops, flip, erasing and mixing are a few tensor ops each: kornia's versions of the crops,
+flip and erasing cost several times more per batch of small images, which is much of a
+training step on two CPU cores. RandAugment (fourteen affine and colour ops) is kornia's.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from kornia.augmentation.auto import RandAugment
@@ -28,6 +26,8 @@ CROP_KINDS = ("none", "random", "resized")
 # Random erasing as in Zhong et al. (2020): erased area 2-33% of the image, aspect 0.3-3.3.
 _ERASE_AREA = (0.02, 1 / 3)
 _ERASE_LOG_ASPECT = (math.log(0.3), math.log(1 / 0.3))
+# Random resized crops as in Inception / torchvision: aspect ratio 3/4 to 4/3.
+_CROP_LOG_ASPECT = (math.log(3 / 4), math.log(4 / 3))
 # When both Mixup and CutMix are on, each batch uses one of them, CutMix with this chance (DeiT).
 _CUTMIX_SHARE = 0.5
 
@@ -125,8 +125,6 @@ class Augmenter:
         self.num_classes = num_classes
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.channels = channels
-        self._resized_crop = (K.RandomResizedCrop(self.image_size, scale=config.resized_scale)
-                              if config.crop == "resized" else None)
         self._randaugment = self._make_randaugment() if config.randaugment else None
 
     def _make_randaugment(self) -> RandAugment:
@@ -152,8 +150,8 @@ class Augmenter:
         targets = soft_targets(labels, self.num_classes, config.label_smoothing).to(images.device)
         if config.crop == "random" and config.crop_padding:
             images = random_crop(images, config.crop_padding)
-        elif self._resized_crop is not None:
-            images = self._resized_crop(images)
+        elif config.crop == "resized":
+            images = random_resized_crop(images, config.resized_scale)
         if config.flip:
             images = random_flip(images)
         if self._randaugment is not None:
@@ -177,6 +175,23 @@ def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
     # One gather over flattened pixels: several times faster than indexing rows and columns.
     flat = (rows[:, :, None] * (width + 2 * padding) + cols[:, None, :]).view(batch, 1, -1)
     return padded.flatten(2).gather(2, flat.expand(-1, channels, -1)).view(batch, channels, height, width)
+
+
+def random_resized_crop(images: torch.Tensor, scale: tuple[float, float]) -> torch.Tensor:
+    """Crop each image to a random box (area fraction in `scale`, aspect 3/4..4/3) and stretch
+    it back to full size, bilinearly. A box that would not fit is clipped to the image instead
+    of being redrawn, which slightly favours large crops."""
+    batch, _, height, width = images.shape
+    area = torch.empty(batch).uniform_(*scale)
+    aspect = torch.empty(batch).uniform_(*_CROP_LOG_ASPECT).exp()
+    box_w = (area * aspect).sqrt().clamp(max=1)  # as fractions of the width and height
+    box_h = (area / aspect).sqrt().clamp(max=1)
+    centre_x = (torch.rand(batch) * (1 - box_w) + box_w / 2) * 2 - 1
+    centre_y = (torch.rand(batch) * (1 - box_h) + box_h / 2) * 2 - 1
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = box_w, centre_x, box_h, centre_y
+    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def random_flip(images: torch.Tensor) -> torch.Tensor:
