@@ -218,16 +218,14 @@ def random_erasing(images: torch.Tensor, prob: float) -> torch.Tensor:
     chosen = torch.rand(batch) < prob
     if not chosen.any():
         return images
-    top, left, box_h, box_w = (t[chosen, None] for t in _boxes(batch, height, width))
+    top, left, box_h, box_w = (t[:, None] for t in _boxes(batch, height, width))
     rows, cols = torch.arange(height), torch.arange(width)
-    inside_rows = (rows >= top) & (rows < top + box_h)
+    inside_rows = (rows >= top) & (rows < top + box_h) & chosen[:, None]
     inside_cols = (cols >= left) & (cols < left + box_w)
-    inside = (inside_rows[:, :, None] & inside_cols[:, None, :])[:, None].to(images.device)
-    noise = torch.rand(int(chosen.sum()), channels, height, width).to(images.device, images.dtype)
-    index = chosen.nonzero().squeeze(1).to(images.device)
-    images = images.clone()
-    images[index] = torch.where(inside, noise, images[index])
-    return images
+    inside = inside_rows[:, None, :, None] & inside_cols[:, None, None, :]
+    # Noise only for the erased pixels: drawing it for whole images costs more than the rest.
+    noise = torch.rand(int((box_h * box_w)[chosen].sum()) * channels)
+    return images.masked_scatter(inside.to(images.device), noise.to(images.device, images.dtype))
 
 
 def _mixing_weight(alpha: float) -> float:
@@ -237,8 +235,7 @@ def _mixing_weight(alpha: float) -> float:
 def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend each image and target with those of its partner in the reversed batch."""
     weight = _mixing_weight(alpha)
-    return (weight * images + (1 - weight) * images.flip(0),
-            weight * targets + (1 - weight) * targets.flip(0))
+    return images.flip(0).lerp_(images, weight), targets.flip(0).lerp_(targets, weight)
 
 
 def cutmix(images: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,5 +249,5 @@ def cutmix(images: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple[t
     left, right = max(centre_x - half_w, 0), min(centre_x + half_w, width)
     pasted = (bottom - top) * (right - left) / (height * width)
     images = images.clone()
-    images[:, :, top:bottom, left:right] = images.flip(0)[:, :, top:bottom, left:right]
+    images[:, :, top:bottom, left:right] = images[:, :, top:bottom, left:right].flip(0)
     return images, (1 - pasted) * targets + pasted * targets.flip(0)
