@@ -130,3 +130,19 @@ def test_read_images_resizes_to_the_model_input(tmp_path):
 def test_option_values_that_make_no_sense_are_refused(kwargs):
     with pytest.raises(ConfigError):
         load_data(**kwargs)
+
+
+def test_photos_turned_by_exif_are_read_upright(tmp_path):
+    from PIL import Image
+    turned = Image.new("RGB", (8, 4), (250, 0, 0))
+    turned.paste((0, 0, 250), (0, 0, 4, 4))  # left half blue as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    for i in range(2):
+        path = tmp_path / "d" / f"c{i}" / "photo.png"
+        path.parent.mkdir(parents=True)
+        turned.save(path, exif=exif)
+    splits = load_data(tmp_path / "d", val_fraction=0, test_fraction=0, quiet=True)
+    image = splits.train.images[0]
+    assert splits.image_size == (8, 4)
+    assert image[:, 0, 0].tolist() == [0, 0, 250] and image[:, 7, 0].tolist() == [250, 0, 0]

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from vitkit.errors import DataError
@@ -25,6 +25,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 _COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"})
 _BAD_NAMES_SHOWN = 5
+# EXIF orientations that turn the stored image by 90 degrees (phones store photos this way).
+_EXIF_ORIENTATION_TAG = 0x0112
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 Size = tuple[int, int]  # (height, width)
 
@@ -89,7 +92,18 @@ def read_header(path: Path) -> ImageHeader:
     with _open(path) as image:
         if image.mode not in _GREY_MODES | _COLOUR_MODES:
             raise BadImage(f"image mode {image.mode} is not supported; save it as 8-bit grey or RGB")
-        return ImageHeader((image.height, image.width), image.mode in _GREY_MODES)
+        size = (image.width, image.height) if _quarter_turned(image) else (image.height, image.width)
+        return ImageHeader(size, image.mode in _GREY_MODES)
+
+
+def _quarter_turned(image: Image.Image) -> bool:
+    # A PNG keeps EXIF found after the pixels only once decoded; reading it here would decode.
+    if image.format == "PNG" and "exif" not in image.info:
+        return False
+    try:
+        return image.getexif().get(_EXIF_ORIENTATION_TAG) in _QUARTER_TURNS
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadImage(f"unreadable EXIF data ({err})") from None
 
 
 def _to_mode(image: Image.Image, channels: int) -> Image.Image:
@@ -112,11 +126,11 @@ def read_pixels(path: Path, size: Size, channels: int) -> np.ndarray:
     with _open(path) as image:
         try:
             image.load()
+            image = _to_mode(ImageOps.exif_transpose(image), channels)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _over_limit() from None
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise BadImage(f"corrupt or truncated ({err})") from None
-        image = _to_mode(image, channels)
     if (image.height, image.width) != size:
         image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     pixels = np.asarray(image, dtype=np.uint8)

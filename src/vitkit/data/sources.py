@@ -11,6 +11,7 @@ by a stratified split, deterministic for `split_seed`.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -24,7 +25,7 @@ from vitkit.data import cifar
 from vitkit.data.dataset import DataSplits, ImageSet, stratified_split
 from vitkit.data.folders import find_split_files
 from vitkit.data.images import (DEFAULT_MAX_IMAGE_PIXELS, BadImage, Size, as_size, decode_all, describe_bad,
-                                most_common_size, pixel_limit, raise_if_bad, read_header)
+                                most_common_size, pixel_limit, progress, raise_if_bad, read_header)
 from vitkit.errors import ConfigError, DataError
 
 _SOURCES_HINT = "give 'digits', an image folder, a CIFAR python folder or an .npz file"
@@ -33,7 +34,7 @@ _LUMA = (0.299, 0.587, 0.114)
 _RESIZE_CHUNK = 1024
 
 
-def load_data(spec: str = "digits", *, split_seed: int = 0, val_fraction: float = 0.1,
+def load_data(spec: str | os.PathLike = "digits", *, split_seed: int = 0, val_fraction: float = 0.1,
               test_fraction: float = 0.2, image_size: int | Sequence[int] | None = None,
               channels: int | None = None, skip_bad_images: bool = False,
               max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, quiet: bool = False) -> DataSplits:
@@ -44,6 +45,7 @@ def load_data(spec: str = "digits", *, split_seed: int = 0, val_fraction: float 
     `val_fraction` and `test_fraction` are fractions of the images being split.
     """
     _check_options(val_fraction, test_fraction, channels)
+    spec = os.fspath(spec)
     size = as_size(image_size)
     fractions = {"val": val_fraction, "test": test_fraction}
     if spec == "digits":
@@ -183,7 +185,7 @@ def _read_folder(root: Path, size: Size | None, channels: int | None, skip_bad: 
             splits += [split] * len(class_paths)
     with pixel_limit(max_image_pixels):
         headers, bad = {}, {}
-        for path in paths:
+        for path in progress(paths, "checking images", quiet):
             try:
                 headers[path] = read_header(path)
             except BadImage as err:
