@@ -202,3 +202,8 @@ def test_resized_crop_stretches_a_box_of_the_asked_area_and_aspect():
     assert area.min() >= 0.25 - 1e-4 and area.max() <= 0.5 + 1e-4
     assert aspect.min() >= 0.75 - 1e-4 and aspect.max() <= 4 / 3 + 1e-4
     assert area.max() - area.min() > 0.15
+
+
+def test_a_batch_of_the_wrong_shape_is_named():
+    with pytest.raises(ConfigError, match="built for images of 1x8x8 got a batch of 3x8x8"):
+        Augmenter(AugmentConfig(), 10, 8, 1)(torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))

@@ -146,6 +146,10 @@ class Augmenter:
             return self._augment(images, labels)
 
     def _augment(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        expected = (self.channels, *self.image_size)
+        if tuple(images.shape[1:]) != expected:
+            raise ConfigError(f"augmenter built for images of {'x'.join(map(str, expected))} got a batch of "
+                              f"{'x'.join(map(str, images.shape[1:]))}; resize the data to the model's input")
         config = self.config
         targets = soft_targets(labels, self.num_classes, config.label_smoothing).to(images.device)
         if config.crop == "random" and config.crop_padding:
