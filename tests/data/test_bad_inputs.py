@@ -128,8 +128,3 @@ def test_read_images_names_missing_and_corrupt_files(tmp_path):
     with pytest.raises(DataError, match=r"1 unreadable image file.s. in the given files: bad.png \(not a readable"):
         read_images([good, tmp_path / "bad.png"], 8, 3)
 
-
-def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capfd):
-    root = write_class_folder(tmp_path / "d", {"cat": 2, "dog": 2})
-    load_data(str(root), val_fraction=0, test_fraction=0)
-    assert capfd.readouterr().err == ""

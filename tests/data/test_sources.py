@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -146,3 +148,18 @@ def test_photos_turned_by_exif_are_read_upright(tmp_path):
     image = splits.train.images[0]
     assert splits.image_size == (8, 4)
     assert image[:, 0, 0].tolist() == [0, 0, 250] and image[:, 7, 0].tolist() == [250, 0, 0]
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capfd):
+    root = write_class_folder(tmp_path / "d", {"cat": 2, "dog": 2})
+    load_data(str(root), val_fraction=0, test_fraction=0)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_progress_bar_on_a_terminal_unless_quiet(tmp_path, capsys, monkeypatch):
+    root = write_class_folder(tmp_path / "d", {"cat": 2, "dog": 2})
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    load_data(str(root), val_fraction=0, test_fraction=0)
+    assert "reading images" in capsys.readouterr().err
+    load_data(str(root), val_fraction=0, test_fraction=0, quiet=True)
+    assert capsys.readouterr().err == ""
