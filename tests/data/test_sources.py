@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import write_class_folder, write_image
 from vitkit.data import load_data, read_images
@@ -135,7 +136,6 @@ def test_option_values_that_make_no_sense_are_refused(kwargs):
 
 
 def test_photos_turned_by_exif_are_read_upright(tmp_path):
-    from PIL import Image
     turned = Image.new("RGB", (8, 4), (250, 0, 0))
     turned.paste((0, 0, 250), (0, 0, 4, 4))  # left half blue as stored
     exif = Image.Exif()
