@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitkit.data.augment import AugmentConfig, Augmenter, default_augment, normalize, soft_targets, to_unit_float
+from vitkit.data.augment import (AugmentConfig, Augmenter, default_augment, normalize, soft_targets,
+                                 to_unit_float)
 from vitkit.errors import ConfigError
 
 SHAPES = {"grey 8x8": (64, 1, 8, 8), "rgb 32x32": (64, 3, 32, 32)}
@@ -162,7 +163,8 @@ def test_defaults_follow_the_data():
     assert (cifar.crop, cifar.crop_padding, cifar.flip) == ("random", 4, True)
     assert (cifar.randaugment, cifar.mixup, cifar.cutmix, cifar.erasing) == (2, 0.8, 1.0, 0.25)
     small_photos = default_augment((224, 160), 3, 900)
-    assert (small_photos.crop, small_photos.flip, small_photos.randaugment, small_photos.mixup) == ("resized", True, 0, 0)
+    assert (small_photos.crop, small_photos.flip) == ("resized", True)
+    assert small_photos.randaugment == small_photos.mixup == 0
 
 
 @pytest.mark.parametrize("bad", [dict(crop="centre"), dict(crop_padding=-1), dict(resized_scale=(0.5, 0.2)),
@@ -178,7 +180,8 @@ def test_normalize_maps_uint8_per_channel():
     out = normalize(images, mean=(0.5, 0.5, 0.2), std=(0.5, 0.25, 0.1))
     assert out.dtype == torch.float32
     assert torch.allclose(out[0, :, 0, 0], torch.tensor([-1.0, 2.0, 0.0]), atol=1e-6)
-    assert torch.allclose(normalize(to_unit_float(images), (0.5,), (0.5,))[1, :, 1, 1], torch.tensor([-1.0, 1.0, -0.6]))
+    from_float = normalize(to_unit_float(images), (0.5,), (0.5,))
+    assert torch.allclose(from_float[1, :, 1, 1], torch.tensor([-1.0, 1.0, -0.6]))
     with pytest.raises(ConfigError, match="1 or 3 values"):
         normalize(images, (0.5, 0.5), (0.5,))
 

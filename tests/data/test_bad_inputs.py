@@ -80,7 +80,8 @@ def test_truncated_files_are_caught(tmp_path, suffix):
     noisy.save(root / "cat" / f"cut{suffix}")
     data = (root / "cat" / f"cut{suffix}").read_bytes()
     (root / "cat" / f"cut{suffix}").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match=rf"1 unreadable image file.s. in .*: cut\{suffix} \((corrupt or truncated|not)"):
+    expected = rf"1 unreadable image file.s. in .*: cut\{suffix} \((corrupt or truncated|not)"
+    with pytest.raises(DataError, match=expected):
         _load(root)
 
 
@@ -113,7 +114,8 @@ def test_images_over_the_pixel_limit_are_refused_until_it_is_raised(tmp_path):
     root = write_class_folder(tmp_path / "d", {"cat": 2, "dog": 2}, size=(4, 4))
     write_image(root / "cat" / "huge.png", (60, 60))
     write_image(root / "dog" / "vast.png", (200, 200))  # beyond twice the limit: Pillow's hard error
-    with pytest.raises(DataError, match="huge.png .over the limit of 1000 pixels; raise max_image_pixels") as err:
+    expected = "huge.png .over the limit of 1000 pixels; raise max_image_pixels"
+    with pytest.raises(DataError, match=expected) as err:
         _load(root, max_image_pixels=1000)
     assert "vast.png (over the limit" in str(err.value)
     assert _load(root, max_image_pixels=50_000).image_size == (4, 4)
@@ -125,6 +127,7 @@ def test_read_images_names_missing_and_corrupt_files(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"junk")
     with pytest.raises(DataError, match="1 image file.s. not found: .*missing.png"):
         read_images([good, tmp_path / "missing.png"], 8, 3)
-    with pytest.raises(DataError, match=r"1 unreadable image file.s. in the given files: bad.png \(not a readable"):
+    expected = r"1 unreadable image file.s. in the given files: bad.png \(not a readable"
+    with pytest.raises(DataError, match=expected):
         read_images([good, tmp_path / "bad.png"], 8, 3)
 

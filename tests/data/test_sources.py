@@ -89,7 +89,8 @@ def test_mixed_sizes_take_the_most_common_size_and_say_so(tmp_path):
     splits = load_data(str(root), val_fraction=0, test_fraction=0, quiet=True)
     assert splits.image_size == (7, 10)
     assert any("resized 2 of 5 images to 7x10" in note for note in splits.notes)
-    assert load_data(str(root), image_size=(4, 6), val_fraction=0, test_fraction=0, quiet=True).image_size == (4, 6)
+    chosen = load_data(str(root), image_size=(4, 6), val_fraction=0, test_fraction=0, quiet=True)
+    assert chosen.image_size == (4, 6)
 
 
 @pytest.mark.parametrize("mode, expected_channels", [("L", 1), ("LA", 1), ("1", 1), ("I;16", 1),
@@ -120,7 +121,8 @@ def test_a_grey_and_an_rgb_file_together_give_rgb_unless_asked(tmp_path):
 
 
 def test_read_images_resizes_to_the_model_input(tmp_path):
-    paths = [write_image(tmp_path / "x.png", (20, 10), "RGB", 40), write_image(tmp_path / "y.jpg", (3, 3), "L", 200)]
+    paths = [write_image(tmp_path / "x.png", (20, 10), "RGB", 40),
+             write_image(tmp_path / "y.jpg", (3, 3), "L", 200)]
     images = read_images(paths, 8, 3, quiet=True)
     assert images.shape == (2, 3, 8, 8) and images.dtype == torch.uint8
     assert images[0].unique().tolist() == [40]

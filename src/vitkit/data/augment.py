@@ -61,7 +61,8 @@ class AugmentConfig:
             raise ConfigError("randaugment must be 0 or more and randaugment_magnitude in 1..29, not "
                               f"{self.randaugment} and {self.randaugment_magnitude}")
         if self.mixup < 0 or self.cutmix < 0:
-            raise ConfigError(f"mixup and cutmix alphas must be 0 (off) or positive, not {self.mixup}, {self.cutmix}")
+            raise ConfigError(f"mixup and cutmix alphas must be 0 (off) or positive, "
+                              f"not {self.mixup}, {self.cutmix}")
         for name in ("mix_prob", "erasing", "label_smoothing"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], not {getattr(self, name)}")
@@ -131,7 +132,8 @@ class Augmenter:
         # Saturation ("color") needs three channels; grey images draw from the other 14 ops.
         policy = [op for op in _RANDAUGMENT_POLICY if self.channels == 3 or op[0][0] != "color"]
         if self.config.randaugment > len(policy):
-            raise ConfigError(f"randaugment can apply at most {len(policy)} operations, not {self.config.randaugment}")
+            raise ConfigError(f"randaugment can apply at most {len(policy)} operations, "
+                              f"not {self.config.randaugment}")
         return RandAugment(n=self.config.randaugment, m=self.config.randaugment_magnitude, policy=policy)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor,

@@ -60,7 +60,8 @@ def load_pickle(path: Path) -> dict:
     except _RefusedGlobal as err:
         raise DataError(f"{path} is not a plain CIFAR batch ({err}); it was not loaded. "
                         "Use the official python version of the data set") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            MemoryError) as err:
         raise DataError(f"{path} is not a readable CIFAR batch ({type(err).__name__}: {err}); "
                         "re-extract the official python tarball") from None
     if not isinstance(batch, dict):
