@@ -141,7 +141,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     else:
         raise DataError(f"{path}: x has shape {x.shape}; it must be (N, H, W) or (N, H, W, C) with C 1 or 3")
     if y.ndim != 1 or y.shape[0] != x.shape[0] or y.dtype.kind not in "iu":
-        raise DataError(f"{path}: y is {y.dtype} {y.shape}; it must be {x.shape[0]} integer labels, one per image")
+        raise DataError(f"{path}: y is {y.dtype} {y.shape}; "
+                        f"it must be {x.shape[0]} integer labels, one per image")
     if len(y) == 0:
         raise DataError(f"{path} holds no images")
     if names is not None and (names.ndim != 1 or names.dtype.kind not in "US"):
@@ -194,7 +195,8 @@ def _read_folder(root: Path, size: Size | None, channels: int | None, skip_bad: 
             raise_if_bad(bad, str(root), skip_hint=True)
         readable = [i for i, path in enumerate(paths) if path in headers]
         if not readable:
-            raise DataError(f"none of the {len(paths)} image files under {root} can be read: {describe_bad(bad)}")
+            raise DataError(f"none of the {len(paths)} image files under {root} can be read: "
+                            f"{describe_bad(bad)}")
         common = size or most_common_size([headers[paths[i]].size for i in readable])
         channels = channels or (1 if all(headers[paths[i]].grey for i in readable) else 3)
         images, decoded, late_bad = decode_all([paths[i] for i in readable], common, channels, quiet)
