@@ -92,7 +92,7 @@ def test_skip_bad_images_keeps_the_rest_and_counts_the_skipped(tmp_path):
     splits = _load(root, skip_bad_images=True)
     assert len(splits.train) == 6
     assert len(splits.notes) == 1
-    assert splits.notes[0].startswith("warning: skipped 7 unreadable image file(s): bad0.png")
+    assert splits.notes[0].startswith("skipped 7 unreadable image file(s): bad0.png")
     assert splits.notes[0].endswith("and 2 more")
 
 

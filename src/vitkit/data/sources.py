@@ -214,7 +214,7 @@ def _read_folder(root: Path, size: Size | None, channels: int | None, skip_bad: 
 def _folder_notes(bad: dict[Path, str], sizes: list[Size], size: Size, size_was_chosen: bool) -> list[str]:
     notes = []
     if bad:
-        notes.append(f"warning: skipped {len(bad)} unreadable image file(s): {describe_bad(bad)}")
+        notes.append(f"skipped {len(bad)} unreadable image file(s): {describe_bad(bad)}")
     resized = sum(s != size for s in sizes)
     if resized:
         why = "the most common size; pass image_size to choose" if size_was_chosen else "image_size"
