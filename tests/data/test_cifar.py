@@ -95,3 +95,9 @@ def test_labels_beyond_the_class_names_are_refused(tmp_path):
 def test_the_name_cifar10_explains_that_nothing_is_downloaded():
     with pytest.raises(DataError, match="extract the official python tarball"):
         load_data("cifar10")
+
+
+def test_the_folder_the_tarball_was_extracted_into_also_works(tmp_path):
+    folder = write_cifar100(tmp_path / "downloads" / "cifar-100-python", n_train=100, n_test=100)
+    splits = load_data(str(tmp_path / "downloads"))
+    assert splits.source == f"cifar100:{folder}" and len(splits.test) == 100

@@ -95,6 +95,14 @@ def _names(path: Path, key: str) -> list[str]:
     return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
 
 
+def find_cifar_folder(folder: Path) -> Path | None:
+    """The folder itself, or the official tarball's top folder inside it, if either is CIFAR."""
+    for candidate in (folder, folder / "cifar-10-batches-py", folder / "cifar-100-python"):
+        if is_cifar10(candidate) or is_cifar100(candidate):
+            return candidate
+    return None
+
+
 def is_cifar10(folder: Path) -> bool:
     return all((folder / name).is_file() for name in CIFAR10_FILES)
 

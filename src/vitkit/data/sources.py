@@ -63,12 +63,13 @@ def load_data(spec: str | os.PathLike = "digits", *, split_seed: int = 0, val_fr
         images, labels, names = _read_npz(path)
         return _assemble({"all": _image_set(images, labels, size, channels)}, names, f"npz:{path}",
                          split_seed, fractions, [])
-    if cifar.is_cifar10(path) or cifar.is_cifar100(path):
-        (train_x, train_y), (test_x, test_y), names = cifar.read_cifar(path)
-        kind = "cifar10" if cifar.is_cifar10(path) else "cifar100"
+    cifar_folder = cifar.find_cifar_folder(path)
+    if cifar_folder is not None:
+        (train_x, train_y), (test_x, test_y), names = cifar.read_cifar(cifar_folder)
+        kind = "cifar10" if cifar.is_cifar10(cifar_folder) else "cifar100"
         parts = {"train": _image_set(train_x, train_y, size, channels),
                  "test": _image_set(test_x, test_y, size, channels)}
-        return _assemble(parts, names, f"{kind}:{path}", split_seed, fractions, [])
+        return _assemble(parts, names, f"{kind}:{cifar_folder}", split_seed, fractions, [])
     parts, names, notes = _read_folder(path, size, channels, skip_bad_images, max_image_pixels, quiet)
     return _assemble(parts, names, f"folder:{path}", split_seed, fractions, notes)
 
