@@ -129,7 +129,9 @@ class Augmenter:
         self._randaugment = self._make_randaugment() if config.randaugment else None
 
     def _make_randaugment(self) -> RandAugment:
-        # Saturation ("color") needs three channels; grey images draw from the other 14 ops.
+        # kornia draws the operations once per batch (magnitude signs per image), not per image
+        # as in the paper; over many steps the mix is the same. Saturation ("color") needs
+        # three channels, so grey images draw from the other 14 operations.
         policy = [op for op in _RANDAUGMENT_POLICY if self.channels == 3 or op[0][0] != "color"]
         if self.config.randaugment > len(policy):
             raise ConfigError(f"randaugment can apply at most {len(policy)} operations, "
