@@ -6,7 +6,7 @@ number is drawn on the CPU from torch's global generator (kornia does the same),
 
 Crops, flip, erasing and mixing are a few tensor ops each: kornia's versions of the crops,
 flip and erasing cost several times more per batch of small images, which is much of a
-training step on two CPU cores. RandAugment (fourteen affine and colour ops) is kornia's.
+training step on two CPU cores. RandAugment (fifteen affine and colour operations) is kornia's.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from kornia.augmentation.auto import RandAugment
-from kornia.augmentation.auto.rand_augment.rand_augment import default_policy as _RANDAUGMENT_POLICY
 
 from vitkit.errors import ConfigError
 
@@ -128,11 +126,15 @@ class Augmenter:
         self.channels = channels
         self._randaugment = self._make_randaugment() if config.randaugment else None
 
-    def _make_randaugment(self) -> RandAugment:
+    def _make_randaugment(self) -> torch.nn.Module:
+        # Imported here: kornia takes most of a second to import, and only RandAugment needs it.
+        from kornia.augmentation.auto import RandAugment
+        from kornia.augmentation.auto.rand_augment.rand_augment import default_policy
+
         # kornia draws the operations once per batch (magnitude signs per image), not per image
         # as in the paper; over many steps the mix is the same. Saturation ("color") needs
         # three channels, so grey images draw from the other 14 operations.
-        policy = [op for op in _RANDAUGMENT_POLICY if self.channels == 3 or op[0][0] != "color"]
+        policy = [op for op in default_policy if self.channels == 3 or op[0][0] != "color"]
         if self.config.randaugment > len(policy):
             raise ConfigError(f"randaugment can apply at most {len(policy)} operations, "
                               f"not {self.config.randaugment}")
