@@ -83,6 +83,8 @@ def _open(path: Path) -> Image.Image:
         raise _over_limit() from None
     except FileNotFoundError:
         raise BadImage("file not found") from None
+    except Image.UnidentifiedImageError:
+        raise BadImage("not a readable image (unknown format or damaged header)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise BadImage(f"not a readable image ({err})") from None
 
