@@ -84,7 +84,7 @@ def _open(path: Path) -> Image.Image:
     except FileNotFoundError:
         raise BadImage("file not found") from None
     except Image.UnidentifiedImageError:
-        raise BadImage("not a readable image (unknown format or damaged header)") from None
+        raise BadImage("not a readable image: unknown format or damaged header") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise BadImage(f"not a readable image ({err})") from None
 
