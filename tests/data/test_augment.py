@@ -210,3 +210,13 @@ def test_resized_crop_stretches_a_box_of_the_asked_area_and_aspect():
 def test_a_batch_of_the_wrong_shape_is_named():
     with pytest.raises(ConfigError, match="built for images of 1x8x8 got a batch of 3x8x8"):
         Augmenter(AugmentConfig(), 10, 8, 1)(torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
+
+
+def test_with_both_mixings_on_each_batch_uses_one_of_them():
+    kinds = set()
+    for seed in range(12):
+        images, _, out, _ = _augment(dict(mixup=0.8, cutmix=1.0), SHAPES["grey 8x8"], seed)
+        kept = (out == images) | (out == images.flip(0))
+        kinds.add("cutmix" if kept.all() else "mixup")
+        assert kept.all() or not kept[0].all()
+    assert kinds == {"cutmix", "mixup"}
