@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_cifar10, write_cifar100
+from data_writers import write_cifar10, write_cifar100
 from vitkit.data import load_data
 from vitkit.errors import DataError
 

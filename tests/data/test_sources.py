@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_class_folder, write_image
+from data_writers import write_class_folder, write_image
 from vitkit.data import load_data, read_images
 from vitkit.errors import ConfigError
 
