@@ -1,6 +1,11 @@
 """Data: sources read into memory as uint8 tensors, splits, batched device-side augmentation."""
 
+from vitkit.data.augment import (AugmentConfig, Augmenter, default_augment, normalize, soft_targets,
+                                 to_unit_float)
 from vitkit.data.dataset import DataSplits, ImageSet, stratified_split
-from vitkit.data.sources import load_data
+from vitkit.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from vitkit.data.sources import load_data, read_images
 
-__all__ = ["DataSplits", "ImageSet", "load_data", "stratified_split"]
+__all__ = ["AugmentConfig", "Augmenter", "DEFAULT_MAX_IMAGE_PIXELS", "DataSplits", "ImageSet",
+           "default_augment", "load_data", "normalize", "read_images", "soft_targets", "stratified_split",
+           "to_unit_float"]
