@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from vitkit.data.augment import normalize as normalize_pixels
 from vitkit.errors import DataError
 from vitkit.models.config import ModelConfig
 
@@ -50,9 +51,7 @@ def _resize_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 
 def normalize(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """(x - input_mean) / input_std per channel, for pixels in [0, 1]."""
-    mean = torch.tensor(cfg.input_mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.input_std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
-    return (pixels - mean) / std
+    return normalize_pixels(pixels, cfg.input_mean, cfg.input_std)
 
 
 def prepare_images(images: torch.Tensor | Sequence[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
