@@ -1,0 +1,30 @@
+"""Shared by the benchmark scripts: where results go and how they are written."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write(name: str, report: dict, markdown: str) -> None:
+    """benchmarks/results/<name>.json and .md, and the markdown on stdout."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown + "\n")
+    print(markdown)
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def header(report: dict, command: str) -> str:
+    m = report["machine"]
+    device = m.get("gpu") or f"{m['cpu']}, {m['cpu_cores']} cores, {m['torch_threads']} threads"
+    load = m.get("load_average")
+    return (f"- machine: {device}\n- torch {m['torch']}, transformers {m['transformers']}, timm {m['timm']}, "
+            f"python {m['python']}\n- date: {m['date_utc']}; load average at start: "
+            f"{', '.join(f'{v:.2f}' for v in load) if load else 'n/a'}\n- command: `{command}`\n")

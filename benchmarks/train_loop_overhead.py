@@ -1,0 +1,108 @@
+"""Does the training loop cost anything? Default training on the bundled digits, timed step
+by step two ways in one process on the same model and optimiser:
+
+- "loop": what `Trainer.train_epoch` does per step: slice the uint8 images kept on the
+  device, convert, augment (batched, on the device), normalise, forward, loss, backward,
+  accumulate loss and accuracy in device tensors (no .item()), LR schedule, clip, AdamW step;
+- "fixed": the same forward/loss/backward/update on one pre-made, pre-normalised tensor.
+
+The two alternate in blocks of steps; the ratio of medians is the loop's efficiency
+(target >= 95%). Also times one whole default `vitkit train --data digits` run unless
+--no-full-run.
+
+    PYTHONPATH=src python benchmarks/train_loop_overhead.py [--steps 20] [--blocks 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from _common import header, log, write
+from vitkit.bench import machine_info
+from vitkit.evaluate.classification import autocast
+from vitkit.train.config import TrainConfig
+from vitkit.train.loop import Trainer, soft_cross_entropy
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    p.add_argument("--blocks", type=int, default=5, help="timed blocks per mode (alternating)")
+    p.add_argument("--no-full-run", action="store_true")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(TrainConfig(data="digits", out=f"{tmp}/run", device="cpu"), quiet=True)
+        images = trainer.data.train.images.to(trainer.device)
+        labels = trainer.data.train.labels.to(trainer.device)
+        batch = trainer.cfg.batch_size
+        n = labels.shape[0]
+        trainer.model.train()
+        fixed_x, fixed_t = trainer._input(images[:batch], labels[:batch])
+        fixed_x, fixed_t = fixed_x.detach().clone(), fixed_t.detach().clone()
+        loss_sum = torch.zeros(())
+        correct = torch.zeros(())
+
+        def step(x, targets):
+            with autocast(trainer.device, trainer.precision):
+                logits = trainer.forward(x)
+            loss = soft_cross_entropy(logits, targets)
+            loss.backward()
+            loss_sum.add_(loss.detach() * x.shape[0])
+            correct.add_((logits.detach().argmax(1) == targets.argmax(1)).sum())
+            trainer._update(0)
+
+        def loop_block():
+            order = torch.randperm(n)
+            for s in range(args.steps):
+                index = order[(s * batch) % (n - batch):][:batch]
+                step(*trainer._input(images[index], labels[index]))
+
+        def fixed_block():
+            for _ in range(args.steps):
+                step(fixed_x, fixed_t)
+
+        for block in (loop_block, fixed_block):  # warm-up
+            block()
+        times = {"loop": [], "fixed": []}
+        for _ in range(args.blocks):
+            for name, block in (("loop", loop_block), ("fixed", fixed_block)):
+                start = time.perf_counter()
+                block()
+                times[name].append((time.perf_counter() - start) / args.steps)
+        model_cfg = trainer.model.config
+        augment = trainer.cfg.augment
+    loop_s, fixed_s = statistics.median(times["loop"]), statistics.median(times["fixed"])
+    report = {"machine": machine_info("cpu"), "batch": batch, "steps_per_block": args.steps,
+              "model": model_cfg.to_dict(), "augment": augment, "seconds_per_step": times,
+              "loop_images_per_s": batch / loop_s, "fixed_images_per_s": batch / fixed_s,
+              "efficiency": fixed_s / loop_s}
+    active = ", ".join(f"{k}={v}" for k, v in augment.items() if v not in (0, 0.0, False, "none"))
+    md = ("### Training loop overhead: default training on the bundled digits (CPU)\n\n"
+          + header(report, "python " + " ".join(sys.argv))
+          + f"- model: width {model_cfg.width}, depth {model_cfg.depth}, patch {model_cfg.patch_size}, "
+            f"image {model_cfg.image_size}; batch {batch}; augmentation: {active}\n\n"
+          "| mode | ms/step (median) | images/s |\n|---|---:|---:|\n"
+          f"| training with the loop's data path and augmentation | {loop_s * 1e3:.1f} | {batch / loop_s:.0f} |\n"
+          f"| training on one fixed tensor | {fixed_s * 1e3:.1f} | {batch / fixed_s:.0f} |\n"
+          f"| **efficiency (fixed / loop time)** | **{100 * fixed_s / loop_s:.1f}%** | |\n")
+    if not args.no_full_run:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "vitkit", "train", "--data", "digits", "--out", f"{tmp}/run",
+                            "--device", "cpu", "--quiet"], check=True)
+            wall = time.perf_counter() - start
+        report["full_default_run_seconds"] = wall
+        md += f"\nWhole default run, `vitkit train --data digits --device cpu --quiet`: {wall:.0f} s wall.\n"
+    log(f"loop {loop_s * 1e3:.1f} ms/step, fixed {fixed_s * 1e3:.1f} ms/step")
+    write("train_loop_overhead", report, md)
+
+
+if __name__ == "__main__":
+    main()
