@@ -34,7 +34,8 @@ def main() -> None:
                            warmup=args.warmup, repeats=args.repeats, log=log)
     ceilings = ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in report["ceilings_gflops"].items())
     md = (f"### CPU inference: {args.model}, 224 px\n\n" + header(report, "python " + " ".join(sys.argv)) +
-          f"- matrix-product ceilings (F.linear, square {1024}): {ceilings}\n"
+          f"- matrix-product ceilings (F.linear, 1024 x 1024 x 1024, timed alternately with the models; "
+            f"median): {ceilings}\n"
           f"- native bf16 on this CPU: {report['cpu_native_bf16']}; torch threads {torch.get_num_threads()}\n"
           f"- same weights: max abs logit difference {report['max_abs_logit_diff']}\n"
           + "".join(f"- note: {n}\n" for n in report["notes"]) + "\n"

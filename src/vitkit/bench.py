@@ -4,9 +4,12 @@ and model FLOP utilisation (MFU), for vitkit and, side by side, for other implem
 Timing rules: warm-up calls first, the device synchronised around every timed call (CUDA),
 the median of the repeats reported, inputs drawn from a normal distribution (never zeros).
 
-Peak memory: on CUDA `torch.cuda.max_memory_allocated` after a reset (tensors only); on the
-CPU the growth of the process's resident-set high-water mark (`resource.getrusage`
-ru_maxrss) during the measurement, which is 0 when the run fits under an earlier peak.
+Peak memory: on CUDA `torch.cuda.max_memory_allocated` after a reset (tensors only). On a
+Linux CPU, the process's resident-set high-water mark (VmHWM) is reset through
+/proc/self/clear_refs before the measurement, and the peak reported is VmHWM at the end
+minus the resident set at the start: the memory the measurement added at its peak
+(activations, gradients, optimiser state, allocator caches). Elsewhere it falls back to the
+growth of `resource.getrusage` ru_maxrss, which reads 0 when the run fits under an earlier peak.
 """
 
 from __future__ import annotations
@@ -85,9 +88,9 @@ def training_flops(forward: int) -> int:
     return 3 * forward
 
 
-def matmul_ceiling(device: torch.device | str, dtype: torch.dtype = torch.float32, size: int | None = None,
-                   repeats: int = 5) -> float:
-    """FLOP/s of a large square matrix product in `dtype`: the practical ceiling MFU divides by.
+def ceiling_step(device: torch.device | str, dtype: torch.dtype = torch.float32,
+                 size: int | None = None) -> tuple[Callable[[], object], int]:
+    """A closure computing one large square matrix product in `dtype`, and its FLOPs.
 
     It goes through `F.linear`, the call the model's layers make: on CPUs without native
     bf16, `torch.mm` in bf16 takes a reference path ten times slower than oneDNN's, which
@@ -99,8 +102,20 @@ def matmul_ceiling(device: torch.device | str, dtype: torch.dtype = torch.float3
     a = torch.randn(size, size, generator=gen).to(device, dtype)
     b = torch.randn(size, size, generator=gen).to(device, dtype)
     inner = 20 if device.type == "cuda" else 2
-    times = time_call(lambda: F.linear(a, b), device, warmup=2, repeats=repeats, inner=inner)
-    return 2 * size**3 / statistics.median(times)
+
+    def step():
+        for _ in range(inner):
+            F.linear(a, b)
+
+    return step, inner * 2 * size**3
+
+
+def matmul_ceiling(device: torch.device | str, dtype: torch.dtype = torch.float32, size: int | None = None,
+                   repeats: int = 5) -> float:
+    """FLOP/s of a large square matrix product in `dtype`: the practical ceiling MFU divides by."""
+    device = torch.device(device)
+    step, flops = ceiling_step(device, dtype, size)
+    return flops / statistics.median(time_call(step, device, warmup=2, repeats=repeats))
 
 
 def random_images(batch: int, channels: int, image_size: tuple[int, int], device: torch.device,
@@ -127,14 +142,34 @@ class _Memory:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self._start = _maxrss_mib()
+            self._proc = _reset_peak_rss()
+            self._start = _proc_status_mib("VmRSS") if self._proc else _maxrss_mib()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._proc:
+            self.peak_mib = _proc_status_mib("VmHWM") - self._start
         else:
             self.peak_mib = _maxrss_mib() - self._start
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _proc_status_mib(field_name: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _maxrss_mib() -> float:
@@ -188,12 +223,14 @@ def training_step(entry: Entry, x: torch.Tensor, y: torch.Tensor, device: torch.
 def measure(entries: list[Entry], task: str, batch: int, *, image_size: tuple[int, int] = (224, 224),
             channels: int = 3, num_classes: int = 1000, device: torch.device | str = "cpu",
             precision: str = "fp32", warmup: int = 3, repeats: int = 10, flops_per_image: int = 0,
-            ceiling: float = 0.0, name: str = "") -> list[Result]:
+            ceiling: float | None = None, name: str = "") -> list[Result]:
     """Time `task` ("inference" or "training") for each entry on the same input batch.
 
     Warm-up (and the peak-memory reading) runs entry by entry; the timed repeats then
     alternate between the entries, so that a noisy, shared machine slows them alike and the
-    ratios stay fair. `flops_per_image` is the forward cost; training MFU counts 3x it."""
+    ratios stay fair. `flops_per_image` is the forward cost; training MFU counts 3x it.
+    With `ceiling=None` the matrix-product ceiling in this precision is timed in the same
+    alternation (so it sees the same load) and recorded in each result's `extra`."""
     device = torch.device(device)
     x = random_images(batch, channels, image_size, device)
     y = torch.randint(0, num_classes, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
@@ -210,12 +247,21 @@ def measure(entries: list[Entry], task: str, batch: int, *, image_size: tuple[in
         with _Memory(device) as mem:
             time_call(step, device, warmup=warmup, repeats=0)
         peaks.append(mem.peak_mib)
+    ceiling_times: list[float] = []
+    if ceiling is None:
+        matmul, matmul_flops = ceiling_step(device, PRECISIONS[precision])
+        time_call(matmul, device, warmup=2, repeats=0)
     times: list[list[float]] = [[] for _ in entries]
     for _ in range(repeats):
         for i, step in enumerate(steps):
             times[i] += time_call(step, device, warmup=0, repeats=1)
-    return [_result(e.impl, task, name, batch, precision, device, e.compiled, t, statistics.median(t),
-                    peak, flops, ceiling) for e, t, peak in zip(entries, times, peaks)]
+        if ceiling is None:
+            ceiling_times += time_call(matmul, device, warmup=0, repeats=1)
+    if ceiling is None:
+        ceiling = matmul_flops / statistics.median(ceiling_times)
+    results = [_result(e.impl, task, name, batch, precision, device, e.compiled, t, statistics.median(t),
+                       peak, flops, ceiling) for e, t, peak in zip(entries, times, peaks)]
+    return results
 
 
 def measure_inference(model: torch.nn.Module, batch: int, **options) -> Result:
@@ -438,24 +484,23 @@ def run_benchmark(model_name: str = "vit_s16", *, batches=(1, 8), precisions=("f
         entries.append(Entry("vitkit", torch.compile(model), compiled=True))
     entries += others
     say = log or (lambda _: None)
-    ceilings = {}
+    ceilings: dict[str, list[float]] = {}
     rows = []
     for precision in precisions:
-        ceilings[precision] = matmul_ceiling(device, PRECISIONS[precision])
-        say(f"{precision} matrix-product ceiling: {ceilings[precision] / 1e9:.1f} GFLOP/s")
         for task in tasks:
             for batch in batches:
                 results = measure(entries, task, batch, image_size=model.config.image_size,
                                   channels=model.config.in_chans, num_classes=num_classes, device=device,
                                   precision=precision, warmup=warmup, repeats=repeats,
-                                  flops_per_image=flops, ceiling=ceilings[precision], name=model_name)
+                                  flops_per_image=flops, name=model_name)
+                ceilings.setdefault(precision, []).append(results[0].ceiling_flops_per_s)
                 base = max(r.images_per_s for r in results if r.impl == "vitkit")  # eager or compiled
                 for r in results:
                     r.extra["vitkit_over_this"] = base / r.images_per_s if r.impl != "vitkit" else None
                     rows.append(r.to_dict())
                 say(format_rows([r.to_dict() for r in results]))
     return {"machine": machine_info(device), "model": model_name, "image_size": image_size,
-            "forward_gflops": flops / 1e9, "ceilings_gflops": {k: v / 1e9 for k, v in ceilings.items()},
+            "forward_gflops": flops / 1e9, "ceilings_gflops": {k: statistics.median(v) / 1e9 for k, v in ceilings.items()},
             "max_abs_logit_diff": diffs, "notes": notes, "cpu_native_bf16": cpu_has_native_bf16(),
             "rows": rows}
 
@@ -465,12 +510,14 @@ def format_rows(rows: list[dict], header: bool = False) -> str:
     peak memory and vitkit's speed over this implementation."""
     lines = []
     if header:
-        lines.append("| impl | task | precision | batch | images/s | ms/batch | MFU | peak MiB | vitkit / this |")
-        lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
+        lines.append("| impl | task | precision | batch | images/s | ms/batch | GFLOP/s | ceiling GFLOP/s "
+                     "| MFU | peak MiB | vitkit / this |")
+        lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         impl = r["impl"] + (" (compiled)" if r["compiled"] else "")
         ratio = r["extra"].get("vitkit_over_this")
         lines.append(f"| {impl} | {r['task']} | {r['precision']} | {r['batch']} | {r['images_per_s']:.2f} | "
-                     f"{r['latency_ms']:.1f} | {100 * r['mfu']:.1f}% | {r['peak_mem_mib']:.0f} | "
+                     f"{r['latency_ms']:.1f} | {r['model_flops_per_s'] / 1e9:.1f} | "
+                     f"{r['ceiling_flops_per_s'] / 1e9:.1f} | {100 * r['mfu']:.1f}% | {r['peak_mem_mib']:.0f} | "
                      f"{'' if ratio is None else f'{ratio:.2f}x'} |")
     return "\n".join(lines)

@@ -60,7 +60,7 @@ def run(args) -> int:
           f"{m.get('gpu') or m['cpu']} ({m['cpu_cores']} cores, {m['torch_threads']} threads); "
           f"torch {m['torch']}, transformers {m['transformers']}, timm {m['timm']}; load {m['load_average']}")
     for precision, gflops in report["ceilings_gflops"].items():
-        print(f"ceiling {precision}: {gflops:.1f} GFLOP/s (square matrix product)")
+        print(f"ceiling {precision}: {gflops:.1f} GFLOP/s (square matrix product timed alternately with the models)")
     for impl, diff in report["max_abs_logit_diff"].items():
         print(f"{impl}: same weights, max abs logit difference {diff:.1e}")
     for note in report["notes"]:
