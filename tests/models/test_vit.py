@@ -157,7 +157,7 @@ def test_every_layer_placement_adds_a_separate_embedding_before_each_block():
     x = torch.randn(1, 3, 16, 16)
     base = model(x)
     with torch.no_grad():
-        model.layer_pos_embeds[1].weight.add_(1.0)
+        model.layer_pos_embeds[1].weight.add_(torch.randn_like(model.layer_pos_embeds[1].weight))
     assert not torch.allclose(model(x), base)
 
 
