@@ -114,7 +114,8 @@ class Trainer:
         self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
                               test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
         for note in self.data.notes:
-            self.say(f"warning: {note}")
+            # Warnings print even with --quiet: they say something was left out.
+            tqdm.write(f"warning: {note}", file=sys.stderr)
         if len(self.data.train) == 0 or len(self.data.val) == 0:
             raise ConfigError("the training or validation split is empty; give more images or "
                               "change --val-fraction")
