@@ -144,6 +144,12 @@ def load(path: str | os.PathLike, strict: bool = True, **overrides) -> VisionTra
     `image_size` resamples the position embeddings, `patch_size` resizes the patch kernel
     (FlexiViT's pseudo-inverse resize), `num_classes` puts on a new zero-initialised head.
     With strict=False, tensors that do not fit are skipped with a warning that lists them."""
+    return load_with_info(path, strict=strict, **overrides)[0]
+
+
+def load_with_info(path: str | os.PathLike, strict: bool = True, **overrides
+                   ) -> tuple[VisionTransformer, dict]:
+    """`load`, also returning the file's metadata ("format", "skipped", ...)."""
     adapt = {k: overrides.pop(k) for k in ADAPT if k in overrides}
     hints = {k: overrides.pop(k) for k in READ_HINTS if k in overrides}
     for key in ("num_heads", "posemb"):
@@ -171,7 +177,7 @@ def load(path: str | os.PathLike, strict: bool = True, **overrides) -> VisionTra
     num_classes = adapt.get("num_classes")
     if num_classes is not None and num_classes != cfg.num_classes:
         model.reset_head(num_classes)
-    return model.eval()
+    return model.eval(), {**meta, "skipped": skipped}
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, **overrides) -> dict:
@@ -182,4 +188,4 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, **overrides
     return _convert(src, dst, to, **overrides)
 
 
-__all__ = ["load", "save", "read_checkpoint", "apply_state", "convert", "read_torch_file"]
+__all__ = ["load", "load_with_info", "save", "read_checkpoint", "apply_state", "convert", "read_torch_file"]
