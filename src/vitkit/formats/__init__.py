@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -35,11 +36,15 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict from a torch pickle, refusing anything that is not tensors."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"refused {path}: file contains code/objects, not plain tensors") from None
+    except pickle.UnpicklingError as e:
+        # Name what was refused (e.g. "Unsupported global: GLOBAL posix.system"), nothing more:
+        # torch's advice to retry with weights_only=False is exactly what must not be done.
+        detail = re.search(r"Unsupported[^\n]*", str(e))
+        raise CheckpointError(f"refused {path}: file contains code/objects, not plain tensors"
+                              + (f" ({detail.group(0).rstrip('.')})" if detail else "")) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0]} (truncated or not a "
-                              "checkpoint?)") from None
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot read {path}: {detail} (truncated or not a checkpoint?)") from None
     for wrapper in ("state_dict", "model", "module", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
