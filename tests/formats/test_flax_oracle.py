@@ -1,7 +1,8 @@
 """A second, independent oracle for the Google layouts: a small Flax (linen) ViT built here
 from flax.linen's own modules (nn.gelu, nn.LayerNorm, nn.MultiHeadDotProductAttention,
-nn.GroupNorm, SAME convolutions and max-pooling), its parameters flattened to the checkpoint
-names, and vitkit's logits compared with Flax's. Skipped when flax is not installed."""
+nn.GroupNorm, SAME convolutions and max-pooling) runs the checkpoint fixtures, whose names and
+shapes must be exactly the ones Flax declares; vitkit's logits are compared with Flax's.
+Skipped when flax is not installed."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 import vitkit
 
 from .conftest import rel_diff
-from .google_reference import COUNTERS, sincos2d, stack_blocks
+from .google_reference import COUNTERS, make_params, sincos2d, stack_blocks
 
 jax = pytest.importorskip("jax")
 nn = pytest.importorskip("flax.linen")
@@ -147,47 +148,59 @@ class FlaxViT(nn.Module):
         return nn.Dense(self.classes, name="head")(x)
 
 
-def flatten(tree, prefix=""):
+def flax_tree(flat: dict) -> dict:
+    """Checkpoint names -> Flax's nested params (module names cannot hold '/': units are
+    blockS_unitU, big_vision's top-level embedding sits in a helper module)."""
+    tree: dict = {}
+    for key, value in flat.items():
+        if key.startswith("block"):
+            key = key.replace("/unit", "_unit", 1)
+        if key == "pos_embedding":
+            key = "top/pos_embedding"
+        node = tree
+        *path, leaf = key.split("/")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = jnp.asarray(value)
+    return tree
+
+
+def shapes(tree, prefix=""):
     out = {}
     for key, value in tree.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(flatten(value, name + "/"))
+            out.update(shapes(value, f"{prefix}{key}/"))
         else:
-            out[name] = np.asarray(value, dtype=np.float32)
-    # Flax module names cannot hold '/', so units are named blockS_unitU and big_vision's
-    # top-level embedding lives in a helper module: rename to the checkpoint names.
-    renamed = {}
-    for key, value in out.items():
-        key = key.replace("top/pos_embedding", "pos_embedding")
-        if key.startswith("block") and "_unit" in key.split("/")[0]:
-            key = key.replace("_unit", "/unit", 1)
-        renamed[key] = value
-    return renamed
+            out[f"{prefix}{key}"] = tuple(value.shape)
+    return out
 
 
 CASES = {
-    "original-token-prelogits": dict(layout="original", rep=24),
-    "original-gap": dict(layout="original", pool="gap"),
-    "original-hybrid": dict(layout="original", hybrid=(1, 2), patch=1),
-    "big_vision-token": dict(layout="big_vision"),
-    "big_vision-map-stacked": dict(layout="big_vision", pool="map"),
-    "big_vision-gap-sincos": dict(layout="big_vision", pool="gap", posemb="sincos"),
+    "original-token-prelogits": (dict(layout="original", rep=24), dict(rep=24)),
+    "original-gap": (dict(layout="original", pool="gap"), dict(pool="gap")),
+    "original-hybrid": (dict(layout="original", hybrid=(1, 2), patch=1), dict(hybrid=(1, 2), patch=1)),
+    "big_vision-token": (dict(layout="big_vision"), {}),
+    "big_vision-map-stacked": (dict(layout="big_vision", pool="map"), dict(pool="map")),
+    "big_vision-gap-sincos": (dict(layout="big_vision", pool="gap", posemb="sincos"),
+                              dict(pool="gap", posemb="sincos")),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_vitkit_matches_flax(tmp_path, images, case):
-    module = FlaxViT(**CASES[case])
+    flax_opts, fixture_opts = CASES[case]
+    module = FlaxViT(**flax_opts)
+    params = make_params(flax_opts["layout"], seed=11, **fixture_opts)
     x = jnp.asarray(images.permute(0, 2, 3, 1).numpy())
-    params = module.init(jax.random.PRNGKey(0), x)["params"]
-    noise = jax.tree_util.tree_map(lambda p: 0.1 * jax.random.normal(jax.random.PRNGKey(p.size), p.shape), params)
-    params = jax.tree_util.tree_map(lambda p, e: p + e, params, noise)
-    expected = np.asarray(module.apply({"params": params}, x))
-    arrays = flatten(jax.device_get(params))
+    # The fixture has exactly Flax's parameter names and shapes (traced, not computed) ...
+    declared = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"]
+    assert shapes(declared) == shapes(flax_tree(params))
+    # ... and vitkit's logits are Flax's.
+    expected = np.asarray(module.apply({"params": flax_tree(params)}, x))
+    saved = params
     if case.endswith("stacked"):
-        arrays = {f"params/{k}": v for k, v in stack_blocks(arrays).items()}
-    np.savez(tmp_path / "flax.npz", **arrays)
+        saved = {f"params/{k}": v for k, v in stack_blocks(params).items()}
+    np.savez(tmp_path / "flax.npz", **saved)
     model = vitkit.load(tmp_path / "flax.npz", image_size=32)
     with torch.no_grad():
         assert rel_diff(model(images), expected) <= TOL
