@@ -89,3 +89,11 @@ def test_strict_false_warns_with_the_skipped_names(tmp_path, images):
     path = save_npz(tmp_path / "c.npz", params)
     with pytest.warns(UserWarning, match="encoderblock_0/extra/kernel"):
         vitkit.load(path, strict=False)
+
+
+def test_big_vision_training_checkpoint_reads_the_params_tree(tmp_path, images):
+    params = make_params("big_vision", pool="gap", seed=12)
+    saved = {f"params/{k}": v for k, v in params.items()}
+    saved["opt/state/mu/head/kernel"] = np.zeros((32, 5), np.float32)
+    with pytest.warns(UserWarning, match="opt/state/mu/head/kernel"):
+        check(tmp_path, images, params, "big_vision", saved=saved)

@@ -90,3 +90,13 @@ def test_export_uses_timm_names_and_round_trips(tmp_path, images, suffix, varian
     assert set(written) == set(state)
     for key in state:
         assert torch.equal(written[key], state[key]), key
+
+
+def test_norm_after_pool_is_a_validated_json_round_tripping_option():
+    from vitkit.errors import ConfigError
+    from vitkit.models.config import ModelConfig
+
+    cfg = ModelConfig(pool="gap", norm_after_pool=True)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="norm_after_pool"):
+        ModelConfig(pool="token", norm_after_pool=True)

@@ -19,6 +19,7 @@ ResNetStem's own.
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -108,7 +109,15 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"cannot read {path}: {e} (truncated or not an .npz file?)") from None
     except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
         raise CheckpointError(f"cannot read {path}: {e} (truncated or not an .npz file?)") from None
-    return {k.removeprefix("params/"): v for k, v in arrays.items()}
+    if any(k.startswith("params/") for k in arrays):
+        # A big_vision training checkpoint also holds optimiser state ("opt/..."): the model is
+        # the params/ tree; what else was there is listed, not silently dropped.
+        others = sorted(k for k in arrays if not k.startswith("params/"))
+        if others:
+            warnings.warn(f"{path}: reading only the params/ tree; also present: "
+                          f"{', '.join(others[:8])}" + (" ..." if len(others) > 8 else ""), stacklevel=3)
+        return {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+    return arrays
 
 
 def looks_like_google(names) -> bool:
