@@ -85,10 +85,14 @@ def test_every_variant_runs_and_every_parameter_gets_a_gradient(options):
     out = model(x)
     expected = cfg.num_classes or model.num_features
     assert out.shape == (3, expected)
-    # Zero-initialised heads give no gradient to the body; perturb them first.
+    # Zero-initialised heads (and the ResNet's zero-initialised last norm of each unit) pass no
+    # gradient at initialisation; perturb them first.
     for head in (model.head, model.head_dist):
         if isinstance(head, torch.nn.Linear):
             torch.nn.init.normal_(head.weight, std=0.1)
+    for name, module in model.named_modules():
+        if name.endswith("gn3"):
+            torch.nn.init.ones_(module.weight)
     model(x).square().sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
@@ -148,11 +152,12 @@ def test_learned2d_concatenates_row_and_column_halves():
 
 def test_every_layer_placement_adds_a_separate_embedding_before_each_block():
     model = tiny(posemb="learned1d", posemb_where="every_layer").eval()
+    torch.nn.init.normal_(model.head.weight)
     assert len(model.layer_pos_embeds) == model.config.depth
     x = torch.randn(1, 3, 16, 16)
     base = model(x)
     with torch.no_grad():
-        model.layer_pos_embeds[1].weight.add_(1.0)
+        model.layer_pos_embeds[1].weight.add_(torch.randn_like(model.layer_pos_embeds[1].weight))
     assert not torch.allclose(model(x), base)
 
 

@@ -1,31 +1,121 @@
 """Checkpoint formats: detection and loading into a vitkit model, and saving.
 
 Each foreign format lives in a module of its own (an explicit name table with shape
-checks) that turns a file into (ModelConfig, vitkit state dict). `load` picks the module.
+checks, see names.py) that turns a file into (ModelConfig, vitkit state dict). `load`
+picks the module from the file itself:
+
+    directory with config.json                      -> hf.py (Hugging Face ViT)
+    .safetensors with a vitkit config in its header -> native.py
+    .npz with embedding/kernel, Transformer/...     -> google_npz.py (original or big_vision)
+    .safetensors / .pth / .pt / .bin state dict     -> timm.py, or hf.py by its key names
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 
 from vitkit.errors import CheckpointError, ConfigError
-from vitkit.formats.native import is_native, load_native, save
+from vitkit.formats.native import is_native, load_native, read_header, read_tensors, save
 from vitkit.models.config import ModelConfig
 from vitkit.models.vit import VisionTransformer
 
+# Overrides that describe the file rather than change the model: used while reading.
+READ_HINTS = ("source_image_size",)
+# Overrides that adapt a loaded model (resampled position embeddings, new patch kernel, new head).
+ADAPT = ("image_size", "patch_size", "num_classes")
 
-def read_checkpoint(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
-    """(config, state dict in vitkit names, metadata) of any supported checkpoint."""
+
+def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from a torch pickle, refusing anything that is not tensors."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # Name what was refused (e.g. "Unsupported global: GLOBAL posix.system"), nothing more:
+        # torch's advice to retry with weights_only=False is exactly what must not be done.
+        detail = re.search(r"Unsupported[^\n]*", str(e))
+        raise CheckpointError(f"refused {path}: file contains code/objects, not plain tensors"
+                              + (f" ({detail.group(0).rstrip('.')})" if detail else "")) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot read {path}: {detail} (truncated or not a checkpoint?)") from None
+    for wrapper in ("state_dict", "model", "module", "state_dict_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return {str(k): v for k, v in obj.items()}
+
+
+def _is_npz(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith(".npy") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _is_safetensors(path: Path) -> bool:
+    try:
+        read_header(path)
+        return True
+    except (CheckpointError, OSError):
+        return False
+
+
+def _read_state_dict(tensors: dict[str, torch.Tensor], path: Path, strict: bool, hints: dict):
+    from vitkit.formats import hf, timm
+
+    names = set(tensors)
+    if any("embeddings.patch_embeddings.projection.weight" in k for k in names):
+        if hf.is_hf_dir(path.parent):
+            return hf.read(path.parent, strict=strict, **hints)
+        raise CheckpointError(f"{path} has Hugging Face ViT names but no config.json beside it; "
+                              "load the directory that holds both")
+    if timm.looks_like_timm(names):
+        return timm.read(tensors, str(path), strict=strict, **hints)
+    shown = ", ".join(sorted(names)[:6])
+    raise CheckpointError(f"{path}: tensor names ({shown} ...) match no format vitkit reads "
+                          "(timm, Hugging Face, Google npz, vitkit)")
+
+
+def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
+                    ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """(config, state dict in vitkit names, metadata) of any supported checkpoint.
+
+    `hints` settle what the tensors cannot say: num_heads (fused qkv), source_image_size
+    (a non-square grid), posemb (a fixed embedding that is not stored). The metadata's
+    "skipped" lists foreign tensors left out when strict=False."""
+    from vitkit.formats import google_npz, hf
+
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
-    if path.is_file() and is_native(path):
-        return load_native(path)
-    raise CheckpointError(
-        f"{path} is not a checkpoint format vitkit reads (expected a vitkit .safetensors file)")
+    if path.is_dir():
+        if hf.is_hf_dir(path):
+            return hf.read(path, strict=strict, **hints)
+        raise CheckpointError(f"{path} is a directory without config.json (expected a Hugging Face ViT)")
+    if path.suffix == ".onnx":
+        raise CheckpointError(f"{path}: ONNX is an export format; load the checkpoint it was made from")
+    if _is_safetensors(path):
+        if is_native(path):
+            cfg, state, meta = load_native(path)
+            return cfg, state, {**meta, "format": "vitkit"}
+        return _read_state_dict(read_tensors(path), path, strict, hints)
+    if _is_npz(path):
+        return google_npz.read(path, strict=strict, **hints)
+    if path.suffix in (".npz", ".safetensors"):
+        raise CheckpointError(f"cannot read {path}: not a valid {path.suffix} file (truncated?)")
+    return _read_state_dict(read_torch_file(path), path, strict, hints)
 
 
 def apply_state(model: VisionTransformer, state: dict[str, torch.Tensor], strict: bool = True,
@@ -52,25 +142,55 @@ def apply_state(model: VisionTransformer, state: dict[str, torch.Tensor], strict
 
 
 def load(path: str | os.PathLike, strict: bool = True, **overrides) -> VisionTransformer:
-    """Read a checkpoint into an eval-mode model. Keyword overrides change the architecture
-    where the file cannot say (e.g. `num_heads`) or adapt it (`image_size`, `num_classes`,
-    `dynamic_image_size`)."""
-    cfg, state, _ = read_checkpoint(path, **overrides)
-    num_classes = overrides.pop("num_classes", None)
-    image_size = overrides.pop("image_size", None)
+    """Read a checkpoint of any supported format into an eval-mode model.
+
+    Keyword overrides settle what the file cannot say (`num_heads` for a fused qkv,
+    `source_image_size` for a non-square grid, `act`, `input_mean`, ...) or adapt the model:
+    `image_size` resamples the position embeddings, `patch_size` resizes the patch kernel
+    (FlexiViT's pseudo-inverse resize), `num_classes` puts on a new zero-initialised head.
+    With strict=False, tensors that do not fit are skipped with a warning that lists them."""
+    return load_with_info(path, strict=strict, **overrides)[0]
+
+
+def load_with_info(path: str | os.PathLike, strict: bool = True, **overrides
+                   ) -> tuple[VisionTransformer, dict]:
+    """`load`, also returning the file's metadata ("format", "skipped", ...)."""
+    adapt = {k: overrides.pop(k) for k in ADAPT if k in overrides}
+    hints = {k: overrides.pop(k) for k in READ_HINTS if k in overrides}
+    for key in ("num_heads", "posemb"):
+        if key in overrides:
+            hints[key] = overrides[key]
+    if "image_size" in adapt:
+        hints["image_size"] = adapt["image_size"]
+    cfg, state, meta = read_checkpoint(path, strict=strict, **hints)
     try:
         cfg = cfg.replace(**overrides)
     except ConfigError as e:
         raise CheckpointError(f"cannot apply overrides to {path}: {e}") from None
     model = VisionTransformer(cfg)
-    apply_state(model, state, strict=strict, source=str(path))
-    if image_size is not None:
-        from vitkit.models.resize import resize_image_size
+    skipped = list(meta.get("skipped", [])) + apply_state(model, state, strict=strict, source=str(path))
+    if skipped:
+        warnings.warn(f"{path}: strict=False skipped {len(skipped)} tensor(s): {', '.join(skipped)}",
+                      stacklevel=2)
+    if "image_size" in adapt or "patch_size" in adapt:
+        from vitkit.models.resize import resize_model
 
-        model = resize_image_size(model, image_size)
+        try:
+            model = resize_model(model, image_size=adapt.get("image_size"), patch_size=adapt.get("patch_size"))
+        except ConfigError as e:
+            raise CheckpointError(f"cannot resize {path}: {e}") from None
+    num_classes = adapt.get("num_classes")
     if num_classes is not None and num_classes != cfg.num_classes:
         model.reset_head(num_classes)
-    return model.eval()
+    return model.eval(), {**meta, "skipped": skipped}
 
 
-__all__ = ["load", "save", "read_checkpoint", "apply_state"]
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, **overrides) -> dict:
+    """Load `src` (any format) and write it to `dst` as `to` (vitkit|hf|timm|npz|onnx); returns a
+    report with the largest relative logit difference between the two on a random batch."""
+    from vitkit.formats.convert import convert as _convert
+
+    return _convert(src, dst, to, **overrides)
+
+
+__all__ = ["load", "load_with_info", "save", "read_checkpoint", "apply_state", "convert", "read_torch_file"]

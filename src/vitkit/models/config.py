@@ -56,6 +56,9 @@ class ModelConfig:
     # Google's checkpoints give the class token a position embedding; big_vision and
     # timm's `no_embed_class` models add it to the patch tokens only.
     posemb_class_slot: bool = True
+    # timm's average-pooled models normalise the pooled vector ("fc_norm") instead of the
+    # tokens before pooling: the same LayerNorm, applied after pool="gap".
+    norm_after_pool: bool = False
     representation_size: int | None = None
     distill_token: bool = False
     dropout: float = 0.0
@@ -161,6 +164,8 @@ class ModelConfig:
             raise ConfigError("input_std values must be positive")
         if self.class_names and self.num_classes and len(self.class_names) != self.num_classes:
             raise ConfigError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
+        if self.norm_after_pool and (self.pool != "gap" or self.distill_token):
+            raise ConfigError("norm_after_pool=True needs pool='gap' and no distillation token")
         if self.representation_size is not None and self.representation_size <= 0:
             raise ConfigError("representation_size must be positive or None")
         h, w = self.image_size

@@ -102,7 +102,8 @@ class PositionEmbedding(nn.Module):
         return emb
 
     def slot_embedding(self) -> torch.Tensor | None:
-        if not self.num_slots:
+        # A fixed sine-cosine embedding has no learned slot: prefix tokens get none.
+        if not self.num_slots or self.kind == "sincos2d":
             return None
         if self.kind == "learned1d":
             return self.weight[0, : self.num_slots]

@@ -253,7 +253,8 @@ class VisionTransformer(nn.Module):
         if pool == "token":
             return x[:, 0]
         if pool == "gap":
-            return x[:, self.config.num_prefix_tokens:].mean(dim=1)
+            pooled = x[:, self.config.num_prefix_tokens:].mean(dim=1)
+            return self.norm(pooled) if self.config.norm_after_pool else pooled
         return self.map_head(x[:, self.config.num_prefix_tokens:])
 
     def _heads(self, x: torch.Tensor, out: dict | None = None) -> torch.Tensor:
@@ -277,7 +278,10 @@ class VisionTransformer(nn.Module):
             if i and self.config.posemb_where != "stem" or self.layer_pos_embeds is not None:
                 x = self._add_posemb(x, i, grid)
             x, _ = block(x, grid)
-        return self._heads(self.norm(x))
+        return self._heads(self._final_norm(x))
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.config.norm_after_pool else self.norm(x)
 
     def forward_intermediates(self, x: torch.Tensor, attention: bool = False) -> dict:
         """Named intermediates: stem, with_posemb, blocks (list), encoder, pre_logits, logits,
@@ -297,7 +301,7 @@ class VisionTransformer(nn.Module):
             out["blocks"].append(x)
             if attention:
                 out["attention"].append(weights)
-        x = self.norm(x)
+        x = self._final_norm(x)
         out["encoder"] = x
         out["logits"] = self._heads(x, out)
         return out

@@ -114,7 +114,8 @@ class Trainer:
         self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
                               test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
         for note in self.data.notes:
-            self.say(f"warning: {note}")
+            # Warnings print even with --quiet: they say something was left out.
+            tqdm.write(f"warning: {note}", file=sys.stderr)
         if len(self.data.train) == 0 or len(self.data.val) == 0:
             raise ConfigError("the training or validation split is empty; give more images or "
                               "change --val-fraction")
@@ -197,14 +198,18 @@ class Trainer:
         order = torch.randperm(n).to(self.device)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        accum = self.cfg.accum_steps
+        accum, batch = self.cfg.accum_steps, self.cfg.batch_size
         for step in range(self.steps_per_epoch):
-            index = order[step * self.cfg.batch_size:(step + 1) * self.cfg.batch_size]
+            index = order[step * batch:(step + 1) * batch]
             x, targets = self._input(images[index], labels[index])
             with autocast(self.device, self.precision):
                 logits = self.forward(x)
             loss = soft_cross_entropy(logits, targets)
-            (loss / accum).backward()
+            # Weight each micro-batch by its share of the accumulated batch, so accumulation
+            # gives the gradient of the full batch even when the last one is short.
+            group_start = step // accum * accum * batch
+            share = index.numel() / (min(n, group_start + accum * batch) - group_start)
+            (loss * share).backward()
             loss_sum += loss.detach() * index.numel()
             correct += (logits.detach().argmax(1) == targets.argmax(1)).sum()
             if (step + 1) % accum == 0 or step + 1 == self.steps_per_epoch:

@@ -1,0 +1,188 @@
+"""Hugging Face transformers ViT: a directory with config.json and model.safetensors
+(or pytorch_model.bin, read with weights_only=True), in the ViTModel or
+ViTForImageClassification key layout (the latter under `vit.`, plus `classifier`).
+
+The architecture comes from config.json (hidden_act, layer_norm_eps: HF defaults to exact
+GELU and 1e-12), the input normalisation from preprocessor_config.json when present.
+ViTModel's pooler (Dense + tanh on the class token) is vitkit's pre-logits layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from vitkit.errors import CheckpointError, ConfigError
+from vitkit.formats.names import Rule, from_vitkit, require, to_vitkit
+from vitkit.models.config import ModelConfig
+
+L = "{prefix}encoder.layer.{0}."
+WB = r"\.(weight|bias)"
+RULES = [
+    Rule(r"patch_embed\.proj" + WB, ("{prefix}embeddings.patch_embeddings.projection.{0}",)),
+    Rule(r"cls_token", ("{prefix}embeddings.cls_token",)),
+    Rule(r"pos_embed\.weight", ("{prefix}embeddings.position_embeddings",)),
+    Rule(r"blocks\.(\d+)\.norm1" + WB, (L + "layernorm_before.{1}",)),
+    Rule(r"blocks\.(\d+)\.attn\.qkv" + WB, (L + "attention.attention.query.{1}", L + "attention.attention.key.{1}",
+                                            L + "attention.attention.value.{1}"), "split"),
+    Rule(r"blocks\.(\d+)\.attn\.proj" + WB, (L + "attention.output.dense.{1}",)),
+    Rule(r"blocks\.(\d+)\.norm2" + WB, (L + "layernorm_after.{1}",)),
+    Rule(r"blocks\.(\d+)\.mlp\.fc1" + WB, (L + "intermediate.dense.{1}",)),
+    Rule(r"blocks\.(\d+)\.mlp\.fc2" + WB, (L + "output.dense.{1}",)),
+    Rule(r"norm" + WB, ("{prefix}layernorm.{0}",)),
+    Rule(r"pre_logits\.0" + WB, ("pooler.dense.{0}",)),
+    Rule(r"head" + WB, ("classifier.{0}",)),
+]
+
+ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
+def is_hf_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return obj
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from vitkit.formats import read_torch_file
+    from vitkit.formats.native import read_tensors
+
+    if (directory / "model.safetensors").is_file():
+        return read_tensors(directory / "model.safetensors")
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        tensors = {}
+        for name in files:
+            tensors.update(read_tensors(directory / Path(name).name))
+        return tensors
+    if (directory / "pytorch_model.bin").is_file():
+        return read_torch_file(directory / "pytorch_model.bin")
+    raise CheckpointError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
+
+
+def infer_config(hf: dict, tensors: dict, directory: Path, hints: dict) -> tuple[ModelConfig, str]:
+    source = str(directory)
+    if hf.get("model_type") != "vit":
+        raise CheckpointError(f"{source}: config.json has model_type={hf.get('model_type')!r}, not 'vit'")
+    act = ACTS.get(hf.get("hidden_act", "gelu"))
+    if act is None:
+        raise CheckpointError(f"{source}: hidden_act={hf.get('hidden_act')!r} is not one vitkit has "
+                              f"({', '.join(ACTS)})")
+    prefix = "vit." if any(k.startswith("vit.") for k in tensors) else ""
+    width = int(hf.get("hidden_size", 768))
+    opts: dict = dict(
+        width=width, depth=int(hf.get("num_hidden_layers", 12)),
+        num_heads=int(hints.get("num_heads") or hf.get("num_attention_heads", 12)),
+        mlp_dim=int(hf.get("intermediate_size", 3072)), patch_size=int(hf.get("patch_size", 16)),
+        in_chans=int(hf.get("num_channels", 3)), image_size=hf.get("image_size", 224),
+        qkv_bias=bool(hf.get("qkv_bias", True)), act=act, norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        pool="token", posemb="learned1d", posemb_class_slot=True, name=directory.name)
+    if "pooler.dense.weight" in tensors:
+        if hf.get("pooler_act", "tanh") != "tanh":
+            raise CheckpointError(f"{source}: pooler_act={hf.get('pooler_act')!r}; vitkit's pre-logits use tanh")
+        opts["representation_size"] = int(tensors["pooler.dense.weight"].shape[0])
+    classes = int(tensors["classifier.weight"].shape[0]) if "classifier.weight" in tensors else 0
+    opts["num_classes"] = classes
+    labels = hf.get("id2label") or {}
+    names = [str(labels.get(str(i), labels.get(i, ""))) for i in range(classes)]
+    if classes and all(names) and names != [f"LABEL_{i}" for i in range(classes)]:
+        opts["class_names"] = tuple(names)
+    pre = directory / "preprocessor_config.json"
+    if pre.is_file():
+        pre_cfg = _read_json(pre)
+        if pre_cfg.get("do_normalize", True):
+            opts["input_mean"] = tuple(pre_cfg.get("image_mean", (0.5,)))
+            opts["input_std"] = tuple(pre_cfg.get("image_std", (0.5,)))
+        else:
+            opts["input_mean"], opts["input_std"] = (0.0,), (1.0,)
+    try:
+        return ModelConfig(**opts), prefix
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: config.json describes an invalid model: {e}") from None
+
+
+def read(directory: Path, strict: bool = True, **hints):
+    hf = _read_json(directory / "config.json")
+    tensors = read_weights(directory)
+    cfg, prefix = infer_config(hf, tensors, directory, hints)
+    state, skipped = to_vitkit(tensors, cfg, RULES, {"prefix": prefix}, "Hugging Face ViT", str(directory),
+                               strict)
+    return cfg, state, {"format": "hf", "skipped": skipped}
+
+
+def hf_config(cfg: ModelConfig, architecture: str) -> dict:
+    out = {
+        "architectures": [architecture], "model_type": "vit",
+        "hidden_size": cfg.width, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.mlp_dim,
+        "hidden_act": {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}[cfg.act],
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
+        "layer_norm_eps": cfg.norm_eps,
+        "image_size": cfg.image_size[0] if cfg.image_size[0] == cfg.image_size[1] else list(cfg.image_size),
+        "patch_size": cfg.patch_size, "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
+        "encoder_stride": cfg.patch_size, "pooler_act": "tanh",
+        "pooler_output_size": cfg.representation_size or cfg.width, "dtype": "float32",
+    }
+    if cfg.num_classes:
+        labels = list(cfg.class_names) or [f"LABEL_{i}" for i in range(cfg.num_classes)]
+        out["id2label"] = {str(i): name for i, name in enumerate(labels)}
+        out["label2id"] = {name: i for i, name in enumerate(labels)}
+    return out
+
+
+def write(model, directory: Path) -> dict:
+    cfg = model.config
+    fmt = "a Hugging Face ViT"
+    require(cfg.stem == "patch", fmt, "HF ViT has no hybrid stem")
+    require(cfg.pool == "token" and not cfg.distill_token, fmt, "HF ViT classifies from the class token")
+    require(cfg.posemb == "learned1d" and cfg.posemb_where == "stem" and cfg.posemb_class_slot, fmt,
+            "HF ViT has one learned 1-D position embedding with a class slot")
+    if cfg.num_classes:
+        require(cfg.representation_size is None, fmt,
+                "ViTForImageClassification has no pre-logits layer before the classifier")
+        architecture, prefix = "ViTForImageClassification", "vit."
+    else:
+        require(cfg.representation_size in (None, cfg.width), fmt, "ViTModel's pooler keeps the width")
+        architecture, prefix = "ViTModel", ""
+    tensors = from_vitkit(model.state_dict(), cfg, RULES, {"prefix": prefix}, "Hugging Face ViT")
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config(cfg, architecture), indent=2) + "\n")
+        mean = list(cfg.input_mean) * (cfg.in_chans if len(cfg.input_mean) == 1 else 1)
+        std = list(cfg.input_std) * (cfg.in_chans if len(cfg.input_std) == 1 else 1)
+        h, w = cfg.image_size
+        preprocessor = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+                        "size": {"height": h, "width": w}, "do_rescale": True, "rescale_factor": 1 / 255,
+                        "do_normalize": True, "image_mean": mean, "image_std": std}
+        (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    notes = [] if cfg.num_classes or cfg.representation_size else [
+        "written as ViTModel without a pooler; from_pretrained adds a fresh pooler"]
+    return {"architecture": architecture, "tensors": len(tensors), "notes": notes}

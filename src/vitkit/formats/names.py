@@ -1,0 +1,157 @@
+"""Name tables: the machinery every foreign format shares.
+
+A format is a list of rules `(vitkit key pattern, foreign name templates, kind)`. The kind
+says how the tensors change on the way (a transpose, a reshape of per-head kernels, a split
+of the fused qkv); each kind is one pair of functions, so a conversion is exact both ways.
+The table is walked over the state-dict names of the model the config describes, so every
+vitkit tensor has exactly one rule and every foreign tensor is either claimed by a rule or
+reported by name. Expected foreign shapes come from the same rules applied to the model's
+own (meta) tensors: a checkpoint is shape-checked tensor by tensor before anything is copied.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from vitkit.errors import CheckpointError
+from vitkit.models.config import ModelConfig
+from vitkit.models.vit import VisionTransformer
+
+
+def _heads_in(parts: list[torch.Tensor], heads: int) -> torch.Tensor:
+    # Flax per-head input kernels (D_in, H, D/H), one per part (q, k, v) -> fused (n*D, D_in).
+    return torch.cat([p.reshape(p.shape[0], -1).t() for p in parts], dim=0)
+
+
+def _heads_in_back(w: torch.Tensor, n: int, heads: int) -> list[torch.Tensor]:
+    return [c.t().reshape(w.shape[1], heads, -1) for c in w.chunk(n, dim=0)]
+
+
+def _heads_bias(parts: list[torch.Tensor], heads: int) -> torch.Tensor:
+    return torch.cat([p.reshape(-1) for p in parts], dim=0)
+
+
+def _heads_bias_back(b: torch.Tensor, n: int, heads: int) -> list[torch.Tensor]:
+    return [c.reshape(heads, -1) for c in b.chunk(n, dim=0)]
+
+
+# kind: (foreign tensors -> vitkit tensor, vitkit tensor -> foreign tensors)
+KINDS = {
+    # same layout
+    "copy": (lambda ts, h: ts[0], lambda t, n, h: [t]),
+    # Flax Dense kernel (in, out) <-> torch Linear weight (out, in)
+    "dense": (lambda ts, h: ts[0].t(), lambda t, n, h: [t.t()]),
+    # Flax/TF conv kernel HWIO <-> torch OIHW
+    "conv": (lambda ts, h: ts[0].permute(3, 2, 0, 1), lambda t, n, h: [t.permute(2, 3, 1, 0)]),
+    # Flax attention q/k/v kernels (D, H, D/H) <-> rows of a fused Linear weight
+    "heads_in": (_heads_in, _heads_in_back),
+    "heads_bias": (_heads_bias, _heads_bias_back),
+    # Flax attention output kernel (H, D/H, D) <-> Linear weight (D, D)
+    "heads_out": (lambda ts, h: ts[0].reshape(-1, ts[0].shape[-1]).t(),
+                  lambda t, n, h: [t.t().reshape(h, -1, t.shape[0])]),
+    # separate torch tensors (HF query/key/value) <-> fused, concatenated on the first axis
+    "split": (lambda ts, h: torch.cat(ts, dim=0), lambda t, n, h: list(t.chunk(n, dim=0))),
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str            # regular expression over vitkit state-dict keys (full match)
+    # Foreign names: "{0}" is the pattern's first group, "{next0}" / "{prev0}" that number
+    # plus / minus one (1-based or shifted foreign counters), "{name}" a per-layout value.
+    theirs: tuple[str, ...]
+    kind: str = "copy"
+
+
+def meta_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The model's state dict as shape-only tensors: no memory, no initialisation."""
+    with torch.device("meta"):
+        return VisionTransformer(cfg).state_dict()
+
+
+def resolve(rules: list[Rule], key: str, values: dict) -> tuple[tuple[str, ...], str] | None:
+    for rule in rules:
+        m = re.fullmatch(rule.pattern, key)
+        if m:
+            shifted = {}
+            for i, g in enumerate(m.groups()):
+                if g.isdigit():
+                    shifted[f"next{i}"], shifted[f"prev{i}"] = int(g) + 1, int(g) - 1
+            return tuple(t.format(*m.groups(), **shifted, **values) for t in rule.theirs), rule.kind
+    return None
+
+
+def plan(cfg: ModelConfig, rules: list[Rule], values: dict, fmt: str):
+    """[(vitkit key, foreign names, kind, expected foreign shapes)] for every tensor of the model."""
+    out, unmapped = [], []
+    for key, t in meta_state(cfg).items():
+        found = resolve(rules, key, values)
+        if found is None:
+            unmapped.append(key)
+            continue
+        theirs, kind = found
+        shapes = [tuple(x.shape) for x in KINDS[kind][1](t, len(theirs), cfg.num_heads)]
+        out.append((key, theirs, kind, shapes))
+    if unmapped:
+        raise CheckpointError(
+            f"the {fmt} format has no names for these vitkit tensors: {', '.join(unmapped[:8])}"
+            + (" ..." if len(unmapped) > 8 else "") + " (this model variant cannot be expressed in it)")
+    return out
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
+
+
+def to_vitkit(foreign: dict[str, torch.Tensor], cfg: ModelConfig, rules: list[Rule], values: dict,
+              fmt: str, source: str, strict: bool = True) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Foreign tensors -> vitkit state dict. Missing, unexpected and mis-shaped tensors are named
+    in one CheckpointError; with strict=False they are skipped and returned as a list."""
+    state, missing, mismatched, claimed = {}, [], [], set()
+    for key, theirs, kind, shapes in plan(cfg, rules, values, fmt):
+        claimed.update(theirs)
+        absent = [n for n in theirs if n not in foreign]
+        if absent:
+            missing.extend(absent)
+            continue
+        bad = [f"{n}: file {tuple(foreign[n].shape)} vs expected {s}"
+               for n, s in zip(theirs, shapes) if tuple(foreign[n].shape) != s]
+        if bad:
+            mismatched.extend(bad)
+            continue
+        tensors = [foreign[n].float() for n in theirs]
+        state[key] = KINDS[kind][0](tensors, cfg.num_heads).contiguous()
+    unexpected = sorted(set(foreign) - claimed)
+    problems = []
+    if missing:
+        problems.append("missing " + _listing(missing))
+    if unexpected:
+        problems.append("unexpected " + _listing(unexpected))
+    if mismatched:
+        problems.append("shape mismatch " + "; ".join(mismatched[:8]))
+    if problems and strict:
+        raise CheckpointError(f"{source} ({fmt}) does not fit the inferred architecture: "
+                              + " | ".join(problems)
+                              + " (pass overrides such as num_heads=..., or strict=False to skip)")
+    skipped = missing + unexpected + [m.split(":")[0] for m in mismatched]
+    return state, skipped
+
+
+def from_vitkit(state: dict[str, torch.Tensor], cfg: ModelConfig, rules: list[Rule], values: dict,
+                fmt: str) -> dict[str, torch.Tensor]:
+    """vitkit state dict -> foreign tensors (contiguous, CPU, float32)."""
+    out = {}
+    for key, theirs, kind, _ in plan(cfg, rules, values, fmt):
+        tensors = KINDS[kind][1](state[key].detach().float().cpu(), len(theirs), cfg.num_heads)
+        for name, t in zip(theirs, tensors):
+            out[name] = t.contiguous()
+    return out
+
+
+def require(condition: bool, fmt: str, why: str) -> None:
+    """Refuse an export the target format cannot express."""
+    if not condition:
+        raise CheckpointError(f"this model cannot be written as {fmt}: {why}")

@@ -1,0 +1,125 @@
+"""Malformed input is refused with one CheckpointError naming the problem: truncated files,
+files of no known layout, and pickles that try to run code (nothing runs)."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vitkit
+from vitkit.errors import CheckpointError
+
+from .google_reference import make_params
+from .timm_reference import make_state
+
+
+def truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def test_truncated_npz(tmp_path):
+    np.savez(tmp_path / "c.npz", **make_params("original"))
+    with pytest.raises(CheckpointError, match="truncated"):
+        vitkit.load(truncate(tmp_path / "c.npz"))
+
+
+def test_truncated_safetensors(tmp_path):
+    save_file(make_state(), str(tmp_path / "m.safetensors"))
+    with pytest.raises(CheckpointError, match="truncated"):
+        vitkit.load(truncate(tmp_path / "m.safetensors"))
+
+
+def test_truncated_native_file(tmp_path):
+    model = vitkit.create_model(image_size=32, patch_size=8, width=32, depth=1, num_heads=4, mlp_dim=64)
+    vitkit.save(model, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError):
+        vitkit.load(truncate(tmp_path / "m.safetensors", 0.9))
+
+
+def test_truncated_pth(tmp_path):
+    torch.save(make_state(), tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        vitkit.load(truncate(tmp_path / "m.pth"))
+
+
+def test_empty_and_garbage_files(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "noise.bin").write_bytes(os.urandom(256))
+    for name in ("empty.pth", "noise.bin"):
+        with pytest.raises(CheckpointError):
+            vitkit.load(tmp_path / name)
+
+
+class RunsCode:
+    """Unpickling this calls os.system: a checkpoint that tries to run code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    for protocol in (2, 4):
+        with open(tmp_path / f"evil{protocol}.pth", "wb") as f:
+            pickle.dump({"patch_embed.proj.weight": RunsCode(marker)}, f, protocol=protocol)
+    torch.save({"state_dict": RunsCode(marker)}, tmp_path / "evil_zip.pt")
+    for name in ("evil2.pth", "evil4.pth", "evil_zip.pt"):
+        with pytest.raises(CheckpointError, match="refused .* not plain tensors"):
+            vitkit.load(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    arrays = make_params("original")
+    arrays["head/kernel"] = np.array([{"not": "a tensor"}], dtype=object)
+    np.savez(tmp_path / "c.npz", **arrays)
+    with pytest.raises(CheckpointError, match="refused"):
+        vitkit.load(tmp_path / "c.npz")
+
+
+def test_non_tensor_values_are_not_a_state_dict(tmp_path):
+    torch.save({"weights": [1, 2, 3]}, tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match="does not hold a state dict"):
+        vitkit.load(tmp_path / "m.pth")
+
+
+def test_foreign_names_match_no_format(tmp_path):
+    torch.save({"features.0.weight": torch.zeros(3, 3)}, tmp_path / "resnet.pth")
+    with pytest.raises(CheckpointError, match="match no format"):
+        vitkit.load(tmp_path / "resnet.pth")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(CheckpointError, match="not a ViT checkpoint"):
+        vitkit.load(tmp_path / "other.npz")
+
+
+def test_hf_weights_without_config_json(tmp_path):
+    save_file({"vit.embeddings.patch_embeddings.projection.weight": torch.zeros(8, 3, 4, 4)},
+              str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="no config.json"):
+        vitkit.load(tmp_path / "model.safetensors")
+
+
+def test_missing_path_and_onnx_input(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        vitkit.load(tmp_path / "nope.npz")
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
+    with pytest.raises(CheckpointError, match="export format"):
+        vitkit.load(tmp_path / "m.onnx")
+
+
+def test_native_round_trip_and_overrides(tmp_path):
+    model = vitkit.create_model(image_size=32, patch_size=8, width=32, depth=1, num_heads=4, mlp_dim=64,
+                                num_classes=3)
+    vitkit.save(model, tmp_path / "m.safetensors")
+    again = vitkit.load(tmp_path / "m.safetensors", num_classes=7)
+    assert again.config.num_classes == 7 and again.head.weight.shape == (7, 32)
+    with pytest.raises(CheckpointError, match="unknown model option"):
+        vitkit.load(tmp_path / "m.safetensors", no_such_option=1)
