@@ -351,50 +351,23 @@ def flops_of(model) -> int:
 
 # ---------------------------------------------------------------------- other implementations
 def hf_twin(model) -> torch.nn.Module:
-    """A `transformers.ViTForImageClassification` holding `model`'s weights (plain ViT with
-    a class token, learned 1-D position embedding, exact GELU)."""
-    from transformers import ViTConfig, ViTForImageClassification
+    """A `transformers.ViTForImageClassification` holding `model`'s weights: exported by
+    `vitkit.formats.hf` and read back with `from_pretrained`, the path users take."""
+    import tempfile
 
+    from transformers import ViTForImageClassification
+    from transformers.utils import logging
+
+    from vitkit.formats import hf
+
+    logging.disable_progress_bar()
     cfg = model.config
-    if cfg.stem != "patch" or cfg.pool != "token" or cfg.posemb != "learned1d" or cfg.distill_token \
-            or cfg.representation_size or cfg.act != "gelu" or cfg.image_size[0] != cfg.image_size[1]:
-        raise ConfigError("the transformers comparison needs a plain ViT (patch stem, class token, "
-                          "learned 1-D position embedding, exact GELU, square images)")
-    hf_cfg = ViTConfig(hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
-                       intermediate_size=cfg.mlp_dim, hidden_act="gelu", layer_norm_eps=cfg.norm_eps,
-                       image_size=cfg.image_size[0], patch_size=cfg.patch_size, num_channels=cfg.in_chans,
-                       qkv_bias=cfg.qkv_bias, num_labels=cfg.num_classes, hidden_dropout_prob=0.0,
-                       attention_probs_dropout_prob=0.0, attn_implementation="sdpa")
-    twin = ViTForImageClassification(hf_cfg)
-    twin.load_state_dict(_hf_state(model.state_dict(), cfg), strict=True)
+    if not cfg.num_classes:
+        raise ConfigError("the transformers comparison needs a model with a classifier head")
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.write(model, f"{tmp}/hf")
+        twin = ViTForImageClassification.from_pretrained(f"{tmp}/hf", attn_implementation="sdpa")
     return twin.to(next(model.parameters()).device)
-
-
-def _hf_state(state: dict, cfg) -> dict:
-    out = {
-        "vit.embeddings.cls_token": state["cls_token"],
-        "vit.embeddings.position_embeddings": state["pos_embed.weight"],
-        "vit.embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
-        "vit.embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
-        "vit.layernorm.weight": state["norm.weight"],
-        "vit.layernorm.bias": state["norm.bias"],
-        "classifier.weight": state["head.weight"],
-        "classifier.bias": state["head.bias"],
-    }
-    # Names of transformers 5.x (separate q/k/v projections under `vit.layers.i`).
-    names = {"norm1": "layernorm_before", "attn.proj": "attention.o_proj", "norm2": "layernorm_after",
-             "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
-    for i in range(cfg.depth):
-        src, dst = f"blocks.{i}.", f"vit.layers.{i}."
-        for ours, theirs in names.items():
-            for p in ("weight", "bias"):
-                out[f"{dst}{theirs}.{p}"] = state[f"{src}{ours}.{p}"]
-        for part, w in zip("qkv", state[src + "attn.qkv.weight"].chunk(3)):
-            out[f"{dst}attention.{part}_proj.weight"] = w
-        if cfg.qkv_bias:
-            for part, b in zip("qkv", state[src + "attn.qkv.bias"].chunk(3)):
-                out[f"{dst}attention.{part}_proj.bias"] = b
-    return {k: v.clone() for k, v in out.items()}
 
 
 def timm_twin(model) -> torch.nn.Module | None:

@@ -7,7 +7,7 @@ import torch
 
 import vitkit
 from vitkit import bench
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, VitkitError
 from vitkit.models import forward_flops
 
 TINY = dict(image_size=32, patch_size=8, in_chans=3, num_classes=10, width=64, depth=2, num_heads=4, mlp_dim=128)
@@ -32,7 +32,7 @@ def test_transformers_copy_gives_vitkits_logits():
 
 def test_transformers_copy_refuses_variants_it_cannot_express():
     pytest.importorskip("transformers")
-    with pytest.raises(ConfigError, match="plain ViT"):
+    with pytest.raises(VitkitError, match="cannot be written as a Hugging Face ViT"):
         bench.hf_twin(tiny(pool="gap"))
 
 
