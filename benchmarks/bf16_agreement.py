@@ -30,13 +30,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--epochs", type=int, help="train this many epochs instead of the default")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.checkpoint
         train_seconds = None
         if not path:
             start = time.perf_counter()
-            Trainer(TrainConfig(data="digits", out=f"{tmp}/run", device="cpu"), quiet=True).run()
+            Trainer(TrainConfig(data="digits", out=f"{tmp}/run", device="cpu", epochs=args.epochs),
+                    quiet=True).run()
             train_seconds = time.perf_counter() - start
             path = f"{tmp}/run/checkpoints/best.safetensors"
         model = load(path).eval()
@@ -59,7 +61,8 @@ def main() -> None:
               "max_abs_logit_diff": max_diff, "seconds": seconds, "train_seconds": train_seconds,
               "native_bf16": cpu_has_native_bf16()}
     md = ("### bf16 vs fp32 predictions: digits test split\n\n" + header(report, "python " + " ".join(sys.argv))
-          + f"- model: the default digits model ({'trained here in ' + f'{train_seconds:.0f} s' if train_seconds else path}); "
+          + f"- model: the default digits model ({'trained here in ' + f'{train_seconds:.0f} s' if train_seconds else path}"
+            f"{f', {args.epochs} epochs' if args.epochs else ''}); "
             f"native bf16 on this CPU: {report['native_bf16']}\n\n"
           "| precision | test top-1 | images/s (whole test split) |\n|---|---:|---:|\n"
           + "".join(f"| {k} | {100 * top1[k]:.2f}% | {n / seconds[k]:.0f} |\n" for k in ("fp32", "bf16"))
