@@ -26,5 +26,5 @@ def header(report: dict, command: str) -> str:
     device = m.get("gpu") or f"{m['cpu']}, {m['cpu_cores']} cores, {m['torch_threads']} threads"
     load = m.get("load_average")
     return (f"- machine: {device}\n- torch {m['torch']}, transformers {m['transformers']}, timm {m['timm']}, "
-            f"python {m['python']}\n- date: {m['date_utc']}; load average at start: "
+            f"python {m['python']}\n- date: {m['date_utc']}; load average (1, 5, 15 min) at the end of the run: "
             f"{', '.join(f'{v:.2f}' for v in load) if load else 'n/a'}\n- command: `{command}`\n")
