@@ -15,8 +15,6 @@ import sys
 import tempfile
 import time
 
-import torch
-
 from _common import header, log, write
 from vitkit.bench import cpu_has_native_bf16, machine_info
 from vitkit.data import load_data

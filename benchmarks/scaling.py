@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
 import torch
 
 from _common import header, log, write
-import statistics
-
 from vitkit.bench import format_rows, machine_info, measure_inference
 from vitkit.models import create_model, forward_flops
 

@@ -345,10 +345,6 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("fp16 is measured on a GPU only; use fp32 or bf16 on the CPU")
 
 
-def flops_of(model) -> int:
-    return forward_flops(model.config)
-
-
 # ---------------------------------------------------------------------- other implementations
 def hf_twin(model) -> torch.nn.Module:
     """A `transformers.ViTForImageClassification` holding `model`'s weights: exported by
@@ -397,7 +393,7 @@ def hf_call(twin) -> Callable:
 COMPARABLE = ("hf", "timm")
 
 
-def twins(model, compare: tuple[str, ...], precision: str = "fp32") -> tuple[list[Entry], dict, list[str]]:
+def twins(model, compare: tuple[str, ...]) -> tuple[list[Entry], dict, list[str]]:
     """Entries for the other implementations asked for, each holding `model`'s weights, with
     the max abs difference of its logits from vitkit's on one random batch (checked before any
     timing: a benchmark of a different model is worthless). Missing libraries are skipped
