@@ -9,6 +9,8 @@ import vitkit
 from vitkit.cli.main import main
 from vitkit.formats import load
 
+pytestmark = pytest.mark.slow
+
 TINY = ["--width", "16", "--depth", "1", "--num-heads", "2", "--mlp-dim", "16", "--patch-size", "2"]
 
 
