@@ -27,7 +27,7 @@ def register(sub, parent) -> None:
                                    "`vitkit train --init RUN/checkpoints/pretrained.safetensors`.")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_dataclass_flags(p.add_argument_group("pre-training"), PretrainConfig, dest_prefix="pretrain_",
-                        help_text=PRETRAIN_HELP)
+                        skip=("model_options",), help_text=PRETRAIN_HELP)
     add_dataclass_flags(p.add_argument_group("model options (override the picked or preset model)"),
                         ModelConfig, dest_prefix="model_", skip=("image_size", "class_names", "name", "extra"))
     p.set_defaults(func=run)
