@@ -157,8 +157,9 @@ def test_randaugment_on_grey_images_avoids_the_colour_only_operation():
 
 def test_defaults_follow_the_data():
     digits = default_augment(8, 1, 1259)
-    assert (digits.crop, digits.crop_padding, digits.flip) == ("random", 1, False)
-    assert digits.mixup == digits.cutmix == digits.randaugment == 0
+    assert (digits.crop, digits.flip) == ("none", False)
+    assert (digits.rotate, digits.scale, digits.translate, digits.mixup) == (15.0, 0.15, 0.05, 0.8)
+    assert digits.cutmix == digits.randaugment == 0
     cifar = default_augment(32, 3, 45_000)
     assert (cifar.crop, cifar.crop_padding, cifar.flip) == ("random", 4, True)
     assert (cifar.randaugment, cifar.mixup, cifar.cutmix, cifar.erasing) == (2, 0.8, 1.0, 0.25)
@@ -167,7 +168,7 @@ def test_defaults_follow_the_data():
     assert small_photos.randaugment == small_photos.mixup == 0
 
 
-@pytest.mark.parametrize("bad", [dict(crop="centre"), dict(crop_padding=-1), dict(resized_scale=(0.5, 0.2)),
+@pytest.mark.parametrize("bad", [dict(crop="centre"), dict(rotate=-1), dict(scale=1.0), dict(translate=0.5), dict(crop_padding=-1), dict(resized_scale=(0.5, 0.2)),
                                  dict(randaugment_magnitude=30), dict(mixup=-1), dict(erasing=1.5),
                                  dict(label_smoothing=2)])
 def test_nonsense_options_are_refused(bad):
@@ -220,3 +221,29 @@ def test_with_both_mixings_on_each_batch_uses_one_of_them():
         kinds.add("cutmix" if kept.all() else "mixup")
         assert kept.all() or not kept[0].all()
     assert kinds == {"cutmix", "mixup"}
+
+
+def test_affine_with_no_rotation_zoom_or_shift_is_the_identity_and_a_shift_moves_pixels():
+    from vitkit.data.augment import random_affine
+
+    images = torch.rand(4, 1, 8, 8)
+    assert torch.allclose(random_affine(images, 0.0, 0.0, 0.0), images, atol=1e-6)
+    # translate 1/8 of the side on 8 pixels: at most one pixel, so each output pixel is a
+    # bilinear blend of input pixels within one step of it.
+    torch.manual_seed(0)
+    one = torch.zeros(64, 1, 8, 8)
+    one[:, :, 4, 4] = 1.0
+    moved = random_affine(one, 0.0, 0.0, 0.125)
+    assert torch.allclose(moved.sum(dim=(1, 2, 3)), torch.ones(64), atol=1e-5)
+    rows, cols = torch.nonzero(moved[:, 0] > 1e-6, as_tuple=True)[1:]
+    assert rows.min() >= 3 and rows.max() <= 5 and cols.min() >= 3 and cols.max() <= 5
+    assert not torch.allclose(moved, one)
+
+
+def test_rotation_by_a_quarter_turn_bound_keeps_a_centred_disc():
+    from vitkit.data.augment import random_affine
+
+    y, x = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    disc = (((y - 7.5) ** 2 + (x - 7.5) ** 2) < 16).float().expand(8, 1, 16, 16)
+    rotated = random_affine(disc, 90.0, 0.0, 0.0)
+    assert torch.allclose(rotated.sum(dim=(1, 2, 3)), disc.sum(dim=(1, 2, 3)), rtol=0.05)

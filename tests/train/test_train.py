@@ -13,6 +13,7 @@ from vitkit.train import TrainConfig, Trainer, train
 from vitkit.train.optim import lr_factor
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32)
+NO_AUGMENT = {"crop": "none", "rotate": 0.0, "scale": 0.0, "translate": 0.0, "mixup": 0.0}
 
 
 def config(tmp_path, name="run", **changes):
@@ -106,7 +107,7 @@ def test_the_seed_fixes_everything_and_another_seed_differs(tmp_path):
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     # SGD: Adam's per-parameter normalisation would magnify float rounding in tiny gradients.
-    plain = dict(epochs=1, augment={"crop": "none"}, label_smoothing=0.0, grad_clip=0.0,
+    plain = dict(epochs=1, augment=NO_AUGMENT, label_smoothing=0.0, grad_clip=0.0,
                  optimizer="sgd", lr=0.1)
     train(config(tmp_path, "full", batch_size=256, **plain), quiet=True)
     train(config(tmp_path, "accum", batch_size=128, accum_steps=2, **plain), quiet=True)
@@ -134,11 +135,13 @@ def test_fine_tuning_with_a_frozen_backbone_changes_only_the_new_head(tmp_path):
 
 
 def test_init_fits_a_checkpoint_to_new_data_size_and_classes(tmp_path):
-    other = vitkit.create_model("custom", image_size=16, patch_size=4, in_chans=3, num_classes=4, **TINY)
-    path = vitkit.save(other, tmp_path / "rgb16.safetensors")
+    other = vitkit.create_model("custom", image_size=32, patch_size=4, in_chans=3, num_classes=4, **TINY)
+    path = vitkit.save(other, tmp_path / "rgb32.safetensors")
     trainer = Trainer(config(tmp_path, "fit", epochs=1, init=str(path), model_options={}), quiet=True)
     cfg = trainer.model.config
-    assert (cfg.in_chans, cfg.num_classes, cfg.image_size, cfg.patch_size) == (1, 10, (8, 8), 4)
+    # The digits train at 16x16 (8x8 upsampled twice): the 8x8 grid of embeddings becomes 4x4.
+    assert (cfg.in_chans, cfg.num_classes, cfg.image_size, cfg.patch_size) == (1, 10, (16, 16), 4)
+    assert trainer.model.pos_embed.weight.shape == (1, 1 + 16, 16)
     assert trainer.model.head.weight.abs().sum() == 0
     # RGB -> grey sums the colour filters, so a grey image gives the same patch embedding.
     assert torch.allclose(trainer.model.patch_embed.proj.weight, other.patch_embed.proj.weight.sum(1, keepdim=True))

@@ -100,7 +100,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     tokens = n + cfg.num_patches
     batch_size = max(1, min(batch_size, ATTENTION_BYTES_PER_BATCH // (4 * cfg.depth * cfg.num_heads * tokens**2)))
     starts = range(0, pixels.shape[0], batch_size)
-    for start in tqdm(starts, desc="attention", unit="batch", disable=not progress, leave=False):
+    for start in tqdm(starts, desc="attention", unit="batch", disable=None if progress else True, leave=False):
         x = normalize(pixels[start:start + batch_size], cfg).to(device)
         out_i = model.forward_intermediates(x, attention=True)
         attn = [a.cpu() for a in out_i["attention"]]

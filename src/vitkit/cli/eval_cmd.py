@@ -7,6 +7,8 @@ from vitkit.data import load_data
 from vitkit.errors import DataError
 from vitkit.evaluate.classification import classification_metrics, predict_logits
 from vitkit.formats import load
+from vitkit.objectives.adversarial import ATTACKS, adversarial_accuracy
+from vitkit.objectives.distill import HEADS, head_logits, predict_head_logits
 from vitkit.train.loop import pick_device
 
 
@@ -29,6 +31,15 @@ def register(sub, parent) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--head", default="both", choices=HEADS,
+                   help="distilled models: both heads averaged (default), or the class or distillation head alone")
+    robust = p.add_argument_group("adversarial robustness")
+    robust.add_argument("--attack", choices=ATTACKS, help="also report accuracy under this attack")
+    robust.add_argument("--eps", type=float, nargs="+", default=[8 / 255],
+                        help="L-inf radius in pixel units on the [0, 1] scale; one or several (default 8/255)")
+    robust.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    robust.add_argument("--step-size", type=float, help="PGD step size (default 2.5 * eps / steps)")
+    robust.add_argument("--random-start", action="store_true", help="PGD from a random point of the eps-ball")
     p.set_defaults(func=run)
 
 
@@ -42,14 +53,26 @@ def run(args) -> int:
         raise DataError(f"the checkpoint predicts {k} classes but {args.data} has {data.num_classes}; "
                         "evaluate on the data it was trained for, or fine-tune with `vitkit train --init`")
     split = data.split(args.split)
-    logits = predict_logits(model, split.images, args.batch_size)
+    if args.head == "both":
+        logits = predict_logits(model, split.images, args.batch_size)
+    else:
+        logits = predict_head_logits(model, split.images, args.head, args.batch_size)
     metrics = classification_metrics(logits, split.labels)
-    result = {"checkpoint": args.checkpoint, "data": args.data, "split": args.split, **metrics,
-              "class_names": data.class_names}
+    result = {"checkpoint": args.checkpoint, "data": args.data, "split": args.split, "head": args.head,
+              **metrics, "class_names": data.class_names}
+    if args.attack:
+        result["adversarial"] = [
+            adversarial_accuracy(model, split.images, split.labels, args.attack, eps, args.steps,
+                                 args.step_size, args.random_start, args.batch_size,
+                                 logits_of=lambda m, x: head_logits(m, x, args.head))
+            for eps in args.eps]
     if args.json:
         print_json(result)
     else:
         print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  n {metrics['n']}")
+        for r in result.get("adversarial", []):
+            print(f"  under {r['attack']} eps {r['eps']:g}: top-1 {r['top1']:.4f}  "
+                  f"(largest perturbation {r['max_perturbation']:.4g})")
         print("confusion matrix (rows: true, columns: predicted):")
         for name, row in zip(data.class_names, metrics["confusion"]):
             print(f"  {name[:12]:>12} " + " ".join(f"{v:4d}" for v in row))

@@ -32,6 +32,16 @@ TRAIN_HELP = {
     "device": "auto, cpu, cuda, cuda:N",
     "image_size": "model input side (default: from the data)",
     "skip_bad_images": "skip unreadable images (counted in a warning) instead of stopping",
+    "teacher": "checkpoint of the teacher for distillation (any model vitkit loads, e.g. a ResNet)",
+    "distill": "none, soft (KL at temperature tau) or hard (CE to the teacher's argmax), through a "
+               "distillation token",
+    "distill_alpha": "weight of the teacher term; unset: DeiT's 0.1 for soft, 0.5 for hard",
+    "distill_tau": "soft distillation temperature; unset: 3 (DeiT)",
+    "adversarial": "none, fgsm or pgd: adversarial training",
+    "adv_eps": "adversarial training: L-inf radius in pixel units on the [0, 1] scale",
+    "adv_steps": "adversarial training: PGD steps",
+    "adv_step_size": "adversarial training: PGD step size; unset: 2.5 * eps / steps",
+    "adv_ratio": "adversarial training: loss = (1 - ratio) * clean + ratio * adversarial",
 }
 
 

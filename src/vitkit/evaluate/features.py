@@ -40,7 +40,7 @@ def extract_features(model: torch.nn.Module, images: torch.Tensor, batch_size: i
     chunks = []
     try:
         starts = range(0, len(images), batch_size)
-        for start in tqdm(starts, desc="features", unit="batch", disable=not progress, leave=False):
+        for start in tqdm(starts, desc="features", unit="batch", disable=None if progress else True, leave=False):
             x = prepare_images(images[start:start + batch_size], model.config).to(device)
             chunks.append(model.forward_intermediates(x)["pre_logits"].float().cpu())
     finally:

@@ -42,10 +42,16 @@ def resize_images(images: torch.Tensor | Sequence[torch.Tensor], cfg: ModelConfi
 def _resize_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     if images.dtype != torch.uint8:
         raise DataError(f"expected uint8 images, got {images.dtype}")
-    x = _adapt_channels(images.float() / 255.0, cfg.in_chans)
+    return fit_pixels(images.float() / 255.0, cfg)
+
+
+def fit_pixels(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Float (N, C, H, W) pixels in [0, 1] -> the model's channel count and image size, as
+    `resize_images` does for uint8 (e.g. a teacher fed the student's augmented batch)."""
+    x = _adapt_channels(pixels, cfg.in_chans)
     if tuple(x.shape[-2:]) != tuple(cfg.image_size):
         x = F.interpolate(x, size=cfg.image_size, mode="bilinear", align_corners=False,
-                          antialias=True).clamp_(0.0, 1.0)
+                          antialias=True).clamp(0.0, 1.0)
     return x
 
 

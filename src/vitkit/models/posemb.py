@@ -102,8 +102,7 @@ class PositionEmbedding(nn.Module):
         return emb
 
     def slot_embedding(self) -> torch.Tensor | None:
-        # A fixed sine-cosine embedding has no learned slot: prefix tokens get none.
-        if not self.num_slots or self.kind == "sincos2d":
+        if not self.num_slots:
             return None
         if self.kind == "learned1d":
             return self.weight[0, : self.num_slots]

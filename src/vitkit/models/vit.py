@@ -4,7 +4,9 @@
           -> + position embedding -> L pre-norm blocks -> LayerNorm -> pool -> pre-logits -> head
 
 `forward(x)` returns logits through the fast path (fused scaled-dot-product attention).
-`forward_intermediates(x, attention=True)` returns the named tensors the analyses read.
+`forward_intermediates(x, attention=True)` returns the named tensors the analyses read; its
+`patch_hook` and `keep` arguments let training objectives corrupt or drop patch tokens
+(masked patch prediction, masked autoencoders) without reaching into the model.
 """
 
 from __future__ import annotations
@@ -224,7 +226,7 @@ class VisionTransformer(nn.Module):
             self.head_dist = make()
 
     # ------------------------------------------------------------------ forward
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def _embed(self, x: torch.Tensor, patch_hook=None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         if x.dim() != 4 or x.shape[1] != self.config.in_chans:
             raise ConfigError(
                 f"expected input of shape (N, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
@@ -236,8 +238,9 @@ class VisionTransformer(nn.Module):
                 f"input {x.shape[-2]}x{x.shape[-1]} does not match the model's image size {h}x{w}; "
                 "resize the input, or load with dynamic_image_size=True")
         patches = fmap.flatten(2).transpose(1, 2)
+        inputs = patch_hook(patches) if patch_hook is not None else patches
         prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
-        tokens = torch.cat(prefix + [patches], dim=1) if prefix else patches
+        tokens = torch.cat(prefix + [inputs], dim=1) if prefix else inputs
         return patches, tokens, grid
 
     def _add_posemb(self, tokens: torch.Tensor, layer: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -283,14 +286,28 @@ class VisionTransformer(nn.Module):
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.config.norm_after_pool else self.norm(x)
 
-    def forward_intermediates(self, x: torch.Tensor, attention: bool = False) -> dict:
+    def forward_intermediates(self, x: torch.Tensor, attention: bool = False, patch_hook=None,
+                              keep: torch.Tensor | None = None) -> dict:
         """Named intermediates: stem, with_posemb, blocks (list), encoder, pre_logits, logits,
-        grid, and attention (list of (B, heads, T, T) per block) when asked for."""
+        grid, and attention (list of (B, heads, T, T) per block) when asked for.
+
+        `patch_hook(patches) -> patches` replaces the (B, N, D) patch tokens after the stem and
+        before the prefix tokens and position embeddings ("stem" stays the uncorrupted tokens).
+        `keep` (B, K) indexes the patch tokens that go on into the encoder after the position
+        embedding (the prefix tokens always do); then "encoder" has num_prefix_tokens + K tokens.
+        """
         out: dict = {}
-        patches, x, grid = self._embed(x)
+        if keep is not None and (self.config.posemb == "relative" or self.config.posemb_where != "stem"):
+            raise ConfigError("dropping patch tokens needs position embeddings added once at the stem "
+                              f"(posemb={self.config.posemb!r}, posemb_where={self.config.posemb_where!r})")
+        patches, x, grid = self._embed(x, patch_hook)
         out["stem"], out["grid"] = patches, grid
         if self.layer_pos_embeds is None:
             x = self._add_posemb(x, 0, grid)
+        if keep is not None:
+            n = self.config.num_prefix_tokens
+            kept = x[:, n:].gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            x = torch.cat([x[:, :n], kept], dim=1)
         x = self.pos_drop(x)
         out["with_posemb"] = x
         out["blocks"], out["attention"] = [], []

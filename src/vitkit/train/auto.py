@@ -16,26 +16,31 @@ from vitkit.models.config import ModelConfig, as_pair
 from vitkit.models.presets import preset_config
 from vitkit.train.config import TrainConfig
 
-# Compact transformer for small datasets (a few thousand images), where even ViT-Ti/16's
-# 5.7 M parameters overfit and cost minutes per epoch on a laptop CPU.
-SMALL_DATA_MODEL = dict(width=192, depth=4, num_heads=3, mlp_dim=384)
+# Compact transformers for small datasets, where even ViT-Ti/16's 5.7 M parameters overfit
+# and cost minutes per epoch on a laptop CPU. Measured on the digits: docs/training.md.
+TINY_DATA_MODEL = dict(width=64, depth=4, num_heads=4, mlp_dim=128)  # < 5,000 images
+SMALL_DATA_MODEL = dict(width=192, depth=6, num_heads=3, mlp_dim=768)  # < 20,000 images
 
 
 def pick_patch_size(side: int) -> int:
-    """A patch size giving a grid of about 4 to 8 tokens a side for small images and the
-    paper's /16 from 128 pixels on."""
-    for limit, patch in ((16, 2), (32, 4), (64, 8)):
+    """Patch size for a model input of `side` pixels: a grid of 4 to 8 tokens a side for small
+    inputs, the paper's /16 from 128 pixels on."""
+    for limit, patch in ((32, 4), (64, 8)):
         if side <= limit:
             return patch
     return 16
 
 
 def model_input_size(data_size: tuple[int, int]) -> tuple[int, int]:
-    """Large images are trained at 224 (the paper's pre-training resolution); smaller ones as
-    they are, rounded down to a multiple of the patch size."""
+    """Large images are trained at 224 (the paper's pre-training resolution). Tiny ones (16
+    pixels or less) are upsampled twice: a 4x4 patch of the upsampled image then sees a 2x2
+    patch of the original plus half of each neighbour, overlapping patches that learned faster
+    on the digits (docs/training.md). Others are kept, rounded down to a multiple of the patch."""
     side = max(data_size)
     if side > 224:
         return (224, 224)
+    if side <= 16:
+        return tuple(2 * s for s in data_size)
     patch = pick_patch_size(side)
     return tuple(max(patch, s // patch * patch) for s in data_size)
 
@@ -52,17 +57,37 @@ def resolve_model(cfg: TrainConfig, data: DataSplits, notes: list[str]) -> Model
                 class_names=tuple(data.class_names))
     n = len(data.train)
     if cfg.model == "custom" or (cfg.model == "auto" and n < 20_000):
-        patch = options.get("patch_size", pick_patch_size(side))
+        shape = {**(TINY_DATA_MODEL if n < 5_000 else SMALL_DATA_MODEL),
+                 "patch_size": pick_patch_size(side), **options}
+        model = ModelConfig.from_dict({**shape, **base})
         if cfg.model == "auto":
-            notes.append(f"model: {n} training images -> a compact ViT (width 192, depth 4, "
-                         f"3 heads), patch {patch} on {tuple(as_pair(image_size))} inputs")
-        return ModelConfig.from_dict({**SMALL_DATA_MODEL, "patch_size": patch, **base, **options})
+            h, w = model.image_size
+            resized = "" if (h, w) == data.image_size else f" (images resized from {data.image_size[0]}x{data.image_size[1]})"
+            notes.append(f"model: {n} training images -> a compact ViT: width {model.width}, depth "
+                         f"{model.depth}, {model.num_heads} heads, patch {model.patch_size} on {h}x{w} "
+                         f"inputs{resized}")
+        return model
     name = cfg.model
     if name == "auto":
         name = "vit_ti16" if n < 200_000 else "vit_s16"
         options.setdefault("patch_size", pick_patch_size(side))
         notes.append(f"model: {n} training images -> {name} with patch {options['patch_size']}")
     return preset_config(name, **{**base, **options})
+
+
+def describe_augment(aug: dict) -> str:
+    """The options that are on, in words."""
+    parts = [f"{k} {aug[k]}" for k in ("rotate", "scale", "translate") if aug.get(k)]
+    if aug.get("crop") == "random" and aug.get("crop_padding"):
+        parts.append(f"random crop (pad {aug['crop_padding']})")
+    elif aug.get("crop") == "resized":
+        parts.append(f"random resized crop (scale {tuple(aug['resized_scale'])})")
+    if aug.get("flip"):
+        parts.append("flip")
+    if aug.get("randaugment"):
+        parts.append(f"RandAugment {aug['randaugment']} ops m{aug['randaugment_magnitude']}")
+    parts += [f"{k} {aug[k]}" for k in ("mixup", "cutmix", "erasing") if aug.get(k)]
+    return ", ".join(parts) or "none"
 
 
 def resolve(cfg: TrainConfig, data: DataSplits) -> tuple[TrainConfig, ModelConfig, list[str]]:
@@ -75,24 +100,30 @@ def resolve(cfg: TrainConfig, data: DataSplits) -> tuple[TrainConfig, ModelConfi
     changes: dict = {}
 
     if cfg.batch_size is None:
-        changes["batch_size"] = 128 if n < 20_000 else 256
+        # Small sets want many updates per epoch; large ones the throughput of big batches.
+        changes["batch_size"] = 32 if n < 5_000 else (64 if n < 20_000 else 256)
     batch = changes.get("batch_size", cfg.batch_size)
     if cfg.epochs is None:
-        # About 30k sample presentations for tiny sets, 100 epochs at most for mid-size ones.
-        epochs = 10 if finetune else int(min(300, max(20, math.ceil(60_000 / max(n, 1)))))
+        # About 50k image presentations: 40 epochs of the digits; 300 epochs at most.
+        epochs = 10 if finetune else int(min(300, max(20, math.ceil(50_000 / max(n, 1)))))
         changes["epochs"] = epochs
         notes.append(f"epochs: {epochs} for {n} training images")
     if cfg.optimizer is None:
         changes["optimizer"] = "sgd" if finetune else "adamw"
     optimizer = changes.get("optimizer", cfg.optimizer)
     if cfg.lr is None:
-        # DeiT's 5e-4 per 512 images; small sets train stably at a higher rate.
-        lr = 0.01 if optimizer == "sgd" else (2e-3 if n < 20_000 else 5e-4 * batch / 512)
+        # DeiT's 5e-4 per 512 images for large sets; the compact models of small sets train
+        # stably and faster at a higher rate.
+        if optimizer == "sgd":
+            lr = 0.01
+        else:
+            lr = 3e-3 if n < 5_000 else (1e-3 if n < 20_000 else 5e-4 * batch / 512)
         changes["lr"] = lr
     if cfg.weight_decay is None:
         changes["weight_decay"] = 0.0 if optimizer == "sgd" else 0.05
     if cfg.warmup_epochs is None:
-        changes["warmup_epochs"] = 0.5 if finetune else min(5.0, max(1.0, changes.get("epochs", cfg.epochs or 1) * 0.05))
+        epochs = changes.get("epochs", cfg.epochs or 1)
+        changes["warmup_epochs"] = 0.5 if finetune else min(5.0, max(1.0, round(epochs * 0.025)))
     if cfg.label_smoothing is None:
         changes["label_smoothing"] = 0.0 if finetune else 0.1
     if cfg.grad_clip is None:
@@ -103,8 +134,7 @@ def resolve(cfg: TrainConfig, data: DataSplits) -> tuple[TrainConfig, ModelConfi
     if unknown:
         raise ConfigError(f"unknown augmentation option(s): {', '.join(unknown)}")
     changes["augment"] = {**picked, **cfg.augment}
-    active = [f"{k}={v}" for k, v in changes["augment"].items() if v not in (0, 0.0, False, "none")]
-    notes.append("augmentation: " + (", ".join(active) or "none"))
+    notes.append("augmentation: " + describe_augment(changes["augment"]))
     if not cfg.init:
         # The whole architecture goes into config.yaml, so `--config` rebuilds exactly this model.
         options = model_cfg.to_dict()

@@ -20,6 +20,8 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FREEZE = ("none", "backbone")
 RECIPES = ("default", "finetune")
+DISTILL = ("none", "soft", "hard")
+ADVERSARIAL = ("none", "fgsm", "pgd")
 
 
 @dataclass
@@ -63,6 +65,18 @@ class TrainConfig:
     image_size: int | None = None
     skip_bad_images: bool = False
 
+    # Objectives (vitkit.objectives): knowledge distillation through a distillation token,
+    # adversarial training. alpha and tau default to DeiT's for the kind of distillation.
+    teacher: str | None = None
+    distill: str = "none"
+    distill_alpha: float | None = None
+    distill_tau: float | None = None
+    adversarial: str = "none"
+    adv_eps: float = 8 / 255
+    adv_steps: int = 7
+    adv_step_size: float | None = None
+    adv_ratio: float = 0.5
+
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
         self.validate()
@@ -79,6 +93,8 @@ class TrainConfig:
         choice("precision", PRECISIONS)
         choice("freeze", FREEZE)
         choice("recipe", RECIPES)
+        choice("distill", DISTILL)
+        choice("adversarial", ADVERSARIAL)
         positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size")
         for name in positive:
             value = getattr(self, name)
@@ -98,6 +114,17 @@ class TrainConfig:
         for name in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 0.5:
                 raise ConfigError(f"{name} must be in [0, 0.5), got {getattr(self, name)}")
+        if (self.distill != "none") != bool(self.teacher):
+            raise ConfigError("distillation needs both --teacher CKPT and --distill soft|hard")
+        if self.distill_alpha is not None and not 0.0 <= self.distill_alpha <= 1.0:
+            raise ConfigError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.distill_tau is not None and self.distill_tau <= 0:
+            raise ConfigError(f"distill_tau must be positive, got {self.distill_tau}")
+        if self.adv_eps < 0 or self.adv_steps < 1 or (self.adv_step_size is not None and self.adv_step_size <= 0):
+            raise ConfigError("adversarial training needs adv_eps >= 0, adv_steps >= 1 and a positive "
+                              "adv_step_size")
+        if not 0.0 <= self.adv_ratio <= 1.0:
+            raise ConfigError(f"adv_ratio (the adversarial share of the loss) must be in [0, 1], got {self.adv_ratio}")
         if self.freeze == "backbone" and not self.init:
             raise ConfigError("--freeze backbone needs --init CKPT (a trained backbone to keep)")
 

@@ -28,6 +28,7 @@ from vitkit.formats.native import save as save_model
 from vitkit.models.config import ModelConfig
 from vitkit.models.resize import resize_image_size
 from vitkit.models.vit import VisionTransformer
+from vitkit.objectives.training import build_objective, prepare_config
 from vitkit.train.auto import resolve
 from vitkit.train.config import TrainConfig
 from vitkit.train.optim import EMA, build_optimizer, lr_factor, set_lr
@@ -119,6 +120,7 @@ class Trainer:
         if len(self.data.train) == 0 or len(self.data.val) == 0:
             raise ConfigError("the training or validation split is empty; give more images or "
                               "change --val-fraction")
+        cfg = prepare_config(cfg, self.say)
         self.cfg, model_cfg, notes = resolve(cfg, self.data)
         for note in notes:
             self.say(f"auto: {note}")
@@ -145,6 +147,7 @@ class Trainer:
         self.augment = Augmenter(aug_cfg, self.model.config.num_classes,
                                  self.model.config.image_size, self.model.config.in_chans)
         self.forward = torch.compile(self.model) if self.cfg.compile else self.model
+        self.objective = build_objective(self.cfg, self.model, self.device, self.precision)
 
         n = len(self.data.train)
         self.steps_per_epoch = math.ceil(n / self.cfg.batch_size)
@@ -177,10 +180,11 @@ class Trainer:
         self.progress = state["progress"]
         self.say(f"resuming {self.run_dir.path} after epoch {self.progress['epoch']}")
 
-    def _input(self, images_uint8: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _input(self, images_uint8: torch.Tensor, labels: torch.Tensor, normalized: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         x = images_uint8.float().div_(255.0)
         x, targets = self.augment(x, labels)
-        return normalize(x, self.model.config), targets
+        return (normalize(x, self.model.config) if normalized else x), targets
 
     def _eval_model(self) -> VisionTransformer:
         if self.ema is None:
@@ -201,10 +205,14 @@ class Trainer:
         accum, batch = self.cfg.accum_steps, self.cfg.batch_size
         for step in range(self.steps_per_epoch):
             index = order[step * batch:(step + 1) * batch]
-            x, targets = self._input(images[index], labels[index])
-            with autocast(self.device, self.precision):
-                logits = self.forward(x)
-            loss = soft_cross_entropy(logits, targets)
+            if self.objective is None:
+                x, targets = self._input(images[index], labels[index])
+                with autocast(self.device, self.precision):
+                    logits = self.forward(x)
+                loss = soft_cross_entropy(logits, targets)
+            else:
+                pixels, targets = self._input(images[index], labels[index], normalized=False)
+                logits, loss = self.objective(self.model, pixels, targets)
             # Weight each micro-batch by its share of the accumulated batch, so accumulation
             # gives the gradient of the full batch even when the last one is short.
             group_start = step // accum * accum * batch

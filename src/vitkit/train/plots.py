@@ -1,47 +1,41 @@
-"""Training plots: loss and accuracy curves, confusion matrix (PNG, matplotlib Agg)."""
+"""Training plots: loss and accuracy curves, confusion matrix (PNG, matplotlib's Agg canvas)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from vitkit.io import atomic_path  # noqa: E402
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+from vitkit.analysis.plots import save_figure
 
 
 def plot_curves(history: list[dict], out_dir: Path) -> None:
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss (augmented batches)")
     if all("val_loss" in h for h in history):
         ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
     ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, out_dir / "loss.png")
+    save_figure(fig, out_dir / "loss.png", dpi=110)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(epochs, [h["train_acc"] for h in history], label="train (augmented batches)")
     ax.plot(epochs, [h["val_acc"] for h in history], label="validation")
     ax.set(xlabel="epoch", ylabel="top-1 accuracy", title="Accuracy", ylim=(0, 1.01))
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, out_dir / "accuracy.png")
+    save_figure(fig, out_dir / "accuracy.png", dpi=110)
 
 
 def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path, title: str) -> None:
     k = len(confusion)
     size = min(12, max(4, 0.45 * k + 2))
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     ax.imshow(confusion, cmap="Blues")
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     if k <= 30:
@@ -53,4 +47,4 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
                 if v:
                     ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
                             color="white" if v > peak / 2 else "black")
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)

@@ -13,7 +13,6 @@ from pathlib import Path
 from vitkit.errors import ConfigError
 from vitkit.io import write_json, write_text
 from vitkit.train.config import TrainConfig
-from vitkit.train.plots import plot_confusion, plot_curves
 
 
 class RunFolder:
@@ -62,6 +61,9 @@ class RunFolder:
 
     def write_summary(self, summary: dict, confusion: list[list[int]], class_names: list[str],
                       history: list[dict]) -> None:
+        # Imported here: matplotlib costs a second or two at start-up, and only the end needs it.
+        from vitkit.train.plots import plot_confusion, plot_curves
+
         write_json(self.path / "summary.json", {**summary, "test_confusion": confusion})
         if history:
             plot_curves(history, self.path / "plots")
