@@ -60,6 +60,8 @@ class TrainConfig:
     split_seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    # Train on this stratified share of the training split (same images for every seed).
+    train_fraction: float = 1.0
     image_size: int | None = None
     skip_bad_images: bool = False
 
@@ -98,6 +100,8 @@ class TrainConfig:
         for name in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 0.5:
                 raise ConfigError(f"{name} must be in [0, 0.5), got {getattr(self, name)}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.freeze == "backbone" and not self.init:
             raise ConfigError("--freeze backbone needs --init CKPT (a trained backbone to keep)")
 
