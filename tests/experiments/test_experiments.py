@@ -186,6 +186,15 @@ def test_runs_are_trained_once_aggregated_over_seeds_then_read_or_resumed(tmp_pa
     run_experiment(get_experiment("datasize"), settings)
     assert calls == [(str(runs / "fraction1-seed1"), True)]
 
+    # A run stopped before its first epoch ended has nothing to resume: it is trained afresh.
+    for path in (runs / "fraction0.5-seed0").rglob("*"):
+        if path.is_file() and path.name != "config.yaml":
+            path.unlink()
+    calls.clear()
+    run_experiment(get_experiment("datasize"), settings)
+    assert calls == [(str(runs / "fraction0.5-seed0"), False)]
+    assert (runs / "fraction0.5-seed0" / "summary.json").is_file()
+
     with pytest.raises(ConfigError, match="epochs"):
         run_experiment(get_experiment("datasize"), Settings(**{**settings.__dict__, "epochs": 3}))
     with pytest.raises(ConfigError, match="datasize"):

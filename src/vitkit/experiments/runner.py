@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -163,10 +164,10 @@ def run_cell(setup: Setup, cell: Cell, seed: int, run_dir: Path, fewshot: bool,
         if resume:
             check_same_config(TrainConfig.from_yaml(config_path), wanted, run_dir)
             say(f"{label}: resuming the interrupted run")
-        elif config_path.is_file():
-            # Stopped before its first epoch ended: nothing to resume, start it again.
-            config_path.unlink()
-        if not resume:
+        else:
+            if run_dir.exists():
+                # Stopped before its first epoch ended: nothing to resume, start it again.
+                shutil.rmtree(run_dir)
             say(f"{label}: training ({wanted.epochs} epochs)")
         summary = loop.train(wanted, resume=resume, quiet=True)
         status = f"trained in {summary['train_seconds']:.1f} s"
