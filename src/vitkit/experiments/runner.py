@@ -20,9 +20,11 @@ from typing import Any, Callable
 import numpy as np
 
 from vitkit.data import DataSplits, load_data, training_subset
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, DataError
+from vitkit.evaluate import extract_features, fewshot_evaluate
+from vitkit.formats import load as load_checkpoint
 from vitkit.io import write_json, write_text
-from vitkit.train import TrainConfig
+from vitkit.train import TrainConfig, loop
 from vitkit.train.auto import resolve
 
 
@@ -94,8 +96,8 @@ def format_score(stats: dict[str, Any]) -> str:
 
 def pinned_base(settings: Settings, data: DataSplits) -> TrainConfig:
     """The config every cell starts from: vitkit's defaults for this data, resolved once on the
-    full training split and written out, so that no cell's choices drift with its own
-    data size. Warm-up stays free: the trainer sets it from each cell's epochs."""
+    full training split with every value filled in, so that no cell's choices drift with its
+    own data size. Warm-up stays free: the trainer sets it from each cell's epochs."""
     cfg = TrainConfig(data=settings.data, model_options=dict(settings.model_options),
                       epochs=settings.epochs, **settings.train_options)
     resolved, _, _ = resolve(cfg, data)
@@ -131,18 +133,14 @@ def check_same_config(stored: TrainConfig, wanted: TrainConfig, run_dir: Path) -
 
 def fewshot_score(checkpoint: str, train_images, test_images, shots: int, repeats: int, seed: int) -> dict:
     """k-shot linear accuracy (evaluate.fewshot) on the frozen pre-logits features."""
-    from vitkit.errors import DataError
-    from vitkit.evaluate import extract_features, fewshot_evaluate
-    from vitkit.formats import load
-
-    model = load(checkpoint)
+    model = load_checkpoint(checkpoint)
     train_x = extract_features(model, train_images.images, progress=False)
     test_x = extract_features(model, test_images.images, progress=False)
     try:
         result = fewshot_evaluate(train_x, train_images.labels, test_x, test_images.labels, shots=(shots,),
                                   repeats=repeats, seed=seed, num_classes=model.config.num_classes)
     except DataError as e:
-        return {"shots": shots, "accuracy": None, "note": str(e)}
+        return {"shots": shots, "accuracy": None, "repeats": repeats, "note": str(e)}
     r = result["shots"][shots]
     return {"shots": shots, "accuracy": r["mean"], "draws": r["accuracies"], "repeats": repeats}
 
@@ -150,8 +148,6 @@ def fewshot_score(checkpoint: str, train_images, test_images, shots: int, repeat
 def run_cell(setup: Setup, cell: Cell, seed: int, run_dir: Path, fewshot: bool,
              say: Callable[[str], None], position: str) -> dict:
     """One (cell, seed): read it if finished, resume it if interrupted, else train it."""
-    from vitkit.train import loop
-
     wanted = cell_config(setup, cell, seed, run_dir)
     summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
     label = f"[{position}] {cell.name} seed {seed}"
