@@ -18,20 +18,25 @@ def register(sub, parent) -> None:
                                    "OUT/runs/; finished runs are reused and interrupted ones resumed. Writes "
                                    "OUT/results.md, OUT/results.json and plots.")
     p.add_argument("name", metavar="NAME", help=NAMES)
-    p.add_argument("--data", default="digits", metavar="SPEC", help="data set spec, as for `vitkit train` (default: digits)")
+    p.add_argument("--data", default="digits", metavar="SPEC",
+                   help="data set spec, as for `vitkit train` (default: digits)")
     p.add_argument("--out", required=True, metavar="DIR", help="experiment folder")
-    p.add_argument("--epochs", type=int, default=10, metavar="N", help="epochs per run (default 10; arch and datasize "
-                                                          "derive theirs from it)")
+    p.add_argument("--epochs", type=int, default=10, metavar="N",
+                   help="epochs per run (default 10; arch and datasize derive theirs from it)")
     p.add_argument("--seeds", type=int, default=1, metavar="S", help="training seeds per configuration (default 1)")
-    p.add_argument("--shots", type=int, default=5, metavar="K", help="shots per class of the few-shot score (default 5)")
-    p.add_argument("--lrs", metavar="LIST", help="pooling: comma-separated learning rates (default: 1/3, 1 and 3 x the picked one)")
+    p.add_argument("--shots", type=int, default=5, metavar="K",
+                   help="shots per class of the few-shot score (default 5)")
+    p.add_argument("--lrs", metavar="LIST",
+                   help="pooling: comma-separated learning rates (default: 1/3, 1 and 3 x the picked one)")
     p.add_argument("--depths", metavar="LIST", help="depth: comma-separated depths (default 2, the base depth, 8)")
-    p.add_argument("--fractions", metavar="LIST", help="datasize: comma-separated training fractions (default 0.1,0.25,0.5,1)")
+    p.add_argument("--fractions", metavar="LIST",
+                   help="datasize: comma-separated training fractions (default 0.1,0.25,0.5,1)")
     model = p.add_argument_group("base model and recipe (default: what `vitkit train` picks for the data)")
     for flag, kind in (("width", int), ("depth", int), ("num-heads", int), ("mlp-dim", int), ("patch-size", int)):
         model.add_argument(f"--{flag}", type=kind, metavar="N", dest=f"model_{flag.replace('-', '_')}")
     model.add_argument("--batch-size", type=int, metavar="N")
-    model.add_argument("--lr", type=float, metavar="LR", help="peak learning rate of every run (pooling sweeps around it)")
+    model.add_argument("--lr", type=float, metavar="LR",
+                       help="peak learning rate of every run (pooling sweeps around it)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print results.json's content as one JSON object")
     p.set_defaults(func=run)

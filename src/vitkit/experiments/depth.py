@@ -61,11 +61,11 @@ def cells(setup: Setup) -> list[Cell]:
 def report(setup: Setup, rows: list[dict], out: Path) -> dict:
     bar_plot(rows, ["test_acc", "val_acc"], out / "depth.png", "Shallow vs deep at a similar parameter count")
     target = count_parameters(setup.model)
-    return {"target_params": target, "plots": ["depth.png"], "sections": [{"title": "Matching the parameters", "lines": [
-        f"The base model has {target:,} parameters. Each other depth keeps the head count and the MLP/width "
-        "ratio and takes the width (a multiple of the head count and of 4) whose parameter count is closest to "
-        "it; the params column gives each model's exact count."]}]}
-
+    note = (f"The base model has {target:,} parameters. Each other depth keeps the head count and the MLP/width "
+            "ratio and takes the width (a multiple of the head count and of 4) whose parameter count is closest "
+            "to it; the params column gives each model's exact count.")
+    return {"target_params": target, "plots": ["depth.png"],
+            "sections": [{"title": "Matching the parameters", "lines": [note]}]}
 
 EXPERIMENT = Experiment(
     name="depth", title="Shallow and wide vs deep and narrow",

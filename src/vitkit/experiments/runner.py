@@ -183,7 +183,8 @@ def run_cell(setup: Setup, cell: Cell, seed: int, run_dir: Path, fewshot: bool,
         result["fewshot"] = score["accuracy"]
     scores = f"test {result['test_acc']:.4f}"
     if fewshot:
-        scores += f", {setup.settings.shots}-shot " + ("n/a" if result["fewshot"] is None else f"{result['fewshot']:.4f}")
+        score = "n/a" if result["fewshot"] is None else f"{result['fewshot']:.4f}"
+        scores += f", {setup.settings.shots}-shot {score}"
     say(f"{label}: {status}; {scores}")
     return result
 
