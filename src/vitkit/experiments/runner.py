@@ -260,11 +260,11 @@ def results_markdown(experiment: Experiment, result: dict) -> str:
              f"- {result['epochs']} epochs unless the table says otherwise; {seeds} seed(s) per cell "
              f"(training seeds 0..{seeds - 1}, same data split)",
              "- cells: mean ± spread over seeds, in %; spread = sample standard deviation (n - 1), "
-             "none with one seed",
-             ""]
+             "none with one seed"]
     if result["shots"]:
         lines += [f"- few-shot: {result['shots']}-shot linear accuracy on the frozen pre-logits features of the "
-                  "trained model (regularised least squares, `vitkit fewshot`), averaged over the draws", ""]
+                  "trained model (regularised least squares, `vitkit fewshot`), averaged over the draws"]
+    lines.append("")
     rows = result["cells"]
     label_keys = list(rows[0]["labels"]) if rows else []
     metric_keys = [k for k, _ in METRICS if rows and k in rows[0]["stats"]]
