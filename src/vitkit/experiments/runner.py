@@ -299,8 +299,8 @@ def bar_plot(rows: list[dict], metrics: list[str], path: Path, title: str) -> No
     for j, key in enumerate(metrics):
         means = [100 * (r["stats"][key]["mean"] or 0.0) for r in rows]
         errs = [100 * (r["stats"][key]["spread"] or 0.0) for r in rows]
-        ax.bar(x + (j - (len(metrics) - 1) / 2) * width, means, width, yerr=errs, capsize=3,
-               label=dict(METRICS)[key])
+        ax.bar(x + (j - (len(metrics) - 1) / 2) * width, means, width, yerr=errs if any(errs) else None,
+               capsize=3, label=dict(METRICS)[key])
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set(ylabel="accuracy (%)", title=title, ylim=(0, 100))
     ax.grid(axis="y", alpha=0.3)
