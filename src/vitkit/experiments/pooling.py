@@ -25,8 +25,9 @@ def cells(setup: Setup) -> list[Cell]:
 
 
 def report(setup: Setup, rows: list[dict], out: Path) -> dict:
-    series = {pool: [(float(r["labels"]["lr"]), r["stats"]["test_acc"]) for r in rows if r["labels"]["pool"] == pool]
-              for pool in POOLS}
+    names = {"token": "class token", "gap": "global average pooling"}
+    series = {names[pool]: [(float(r["labels"]["lr"]), r["stats"]["test_acc"]) for r in rows
+                            if r["labels"]["pool"] == pool] for pool in POOLS}
     line_plot(series, out / "pooling.png", "Class token vs GAP: test accuracy against learning rate",
               "peak learning rate")
     best = {}
