@@ -202,3 +202,15 @@ def test_nonsense_training_options_are_refused(tmp_path, bad, message):
 def test_a_wrong_number_of_classes_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="does not match the data"):
         Trainer(config(tmp_path, model_options={**TINY, "num_classes": 7}), quiet=True)
+
+
+def test_train_fraction_trains_on_a_stratified_share_of_the_training_split(tmp_path):
+    full = Trainer(config(tmp_path, "full"), quiet=True)
+    tenth = Trainer(config(tmp_path, "tenth", train_fraction=0.1, batch_size=8), quiet=True)
+    assert len(tenth.data.train) == pytest.approx(0.1 * len(full.data.train), abs=10)
+    assert torch.bincount(tenth.data.train.labels).min() >= 10
+    assert tenth.steps_per_epoch == -(-len(tenth.data.train) // 8)
+    assert len(tenth.data.val) == len(full.data.val) and len(tenth.data.test) == len(full.data.test)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="train_fraction"):
+            TrainConfig(train_fraction=bad)

@@ -30,6 +30,7 @@ TRAIN_HELP = {
     "precision": "auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16",
     "compile": "torch.compile the model",
     "device": "auto, cpu, cuda, cuda:N",
+    "train_fraction": "train on this stratified share (0, 1] of the training split, the same images for every seed",
     "image_size": "model input side (default: from the data)",
     "skip_bad_images": "skip unreadable images (counted in a warning) instead of stopping",
     "teacher": "checkpoint of the teacher for distillation (any model vitkit loads, e.g. a ResNet)",

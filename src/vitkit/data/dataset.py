@@ -67,3 +67,12 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int
             start += n
         parts[-1].append(idx[start:])
     return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def training_subset(train: ImageSet, fraction: float, seed: int) -> ImageSet:
+    """A stratified `fraction` of a training set, deterministic for `seed`. For one seed the
+    subsets are nested: each class is shuffled once and its first round(fraction * n) kept."""
+    if fraction >= 1.0:
+        return train
+    keep, _ = stratified_split(train.labels.numpy(), (fraction,), seed)
+    return train.subset(keep)

@@ -62,6 +62,8 @@ class TrainConfig:
     split_seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    # Train on this stratified share of the training split (same images for every seed).
+    train_fraction: float = 1.0
     image_size: int | None = None
     skip_bad_images: bool = False
 
@@ -125,6 +127,8 @@ class TrainConfig:
                               "adv_step_size")
         if not 0.0 <= self.adv_ratio <= 1.0:
             raise ConfigError(f"adv_ratio (the adversarial share of the loss) must be in [0, 1], got {self.adv_ratio}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.freeze == "backbone" and not self.init:
             raise ConfigError("--freeze backbone needs --init CKPT (a trained backbone to keep)")
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from vitkit.data import load_data
 from vitkit.data.augment import AugmentConfig, Augmenter
+from vitkit.data.dataset import training_subset
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.evaluate.classification import autocast, classification_metrics, predict_logits
 from vitkit.evaluate.preprocess import normalize, resize_images
@@ -114,6 +115,7 @@ class Trainer:
         self.device = pick_device(cfg.device)
         self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
                               test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
+        self.data.train = training_subset(self.data.train, cfg.train_fraction, cfg.split_seed)
         for note in self.data.notes:
             # Warnings print even with --quiet: they say something was left out.
             tqdm.write(f"warning: {note}", file=sys.stderr)
