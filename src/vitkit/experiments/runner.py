@@ -290,10 +290,13 @@ def results_markdown(experiment: Experiment, result: dict) -> str:
 
 def bar_plot(rows: list[dict], metrics: list[str], path: Path, title: str) -> None:
     """One group of bars per cell, one bar per metric, error bars = spread over seeds."""
-    from vitkit.train.plots import _save, plt
+    from matplotlib.figure import Figure
+
+    from vitkit.analysis.plots import save_figure
 
     names = [r["cell"] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
+    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
+    ax = fig.subplots()
     width = 0.8 / len(metrics)
     x = np.arange(len(rows))
     for j, key in enumerate(metrics):
@@ -305,15 +308,18 @@ def bar_plot(rows: list[dict], metrics: list[str], path: Path, title: str) -> No
     ax.set(ylabel="accuracy (%)", title=title, ylim=(0, 100))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def line_plot(series: dict[str, list[tuple[float, dict]]], path: Path, title: str, xlabel: str,
               log_x: bool = True) -> None:
     """One line per series: (x, stats) points, error bars = spread over seeds."""
-    from vitkit.train.plots import _save, plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    from vitkit.analysis.plots import save_figure
+
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     for label, points in series.items():
         points = [(x, s) for x, s in points if s["mean"] is not None]
         ax.errorbar([x for x, _ in points], [100 * s["mean"] for _, s in points],
@@ -323,7 +329,7 @@ def line_plot(series: dict[str, list[tuple[float, dict]]], path: Path, title: st
     ax.set(xlabel=xlabel, ylabel="accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def parse_numbers(text: str, kind=float, name: str = "value") -> list:
