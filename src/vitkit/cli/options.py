@@ -54,3 +54,14 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | argparse._ArgumentGrou
 def collect(args: argparse.Namespace, dest_prefix: str) -> dict:
     """The flags the user gave for one dataclass, keyed by field name."""
     return {k[len(dest_prefix):]: v for k, v in vars(args).items() if k.startswith(dest_prefix)}
+
+
+MODEL_FLAG_SKIP = ("image_size", "class_names", "name", "extra")
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """`--width`, `--pool`, ... : every ModelConfig field a user sets, landing in `model_*`."""
+    from vitkit.models.config import ModelConfig
+
+    add_dataclass_flags(parser.add_argument_group("model options (override the picked or preset model)"),
+                        ModelConfig, dest_prefix="model_", skip=MODEL_FLAG_SKIP)

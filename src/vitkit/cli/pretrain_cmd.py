@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from vitkit.cli.main import print_json
-from vitkit.cli.options import add_dataclass_flags, collect
-from vitkit.models.config import ModelConfig
+from vitkit.cli.options import add_dataclass_flags, add_model_flags, collect
 from vitkit.objectives.pretrain import PretrainConfig, pretrain
 
 PRETRAIN_HELP = {
@@ -28,8 +27,7 @@ def register(sub, parent) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_dataclass_flags(p.add_argument_group("pre-training"), PretrainConfig, dest_prefix="pretrain_",
                         skip=("model_options",), help_text=PRETRAIN_HELP)
-    add_dataclass_flags(p.add_argument_group("model options (override the picked or preset model)"),
-                        ModelConfig, dest_prefix="model_", skip=("image_size", "class_names", "name", "extra"))
+    add_model_flags(p)
     p.set_defaults(func=run)
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 
 from vitkit.cli.main import print_json
-from vitkit.cli.options import add_dataclass_flags, collect
+from vitkit.cli.options import add_dataclass_flags, add_model_flags, collect
 from vitkit.data.augment import AugmentConfig
 from vitkit.errors import ConfigError
-from vitkit.models.config import ModelConfig
 from vitkit.train import TrainConfig, train
 
 TRAIN_HELP = {
@@ -55,8 +54,7 @@ def register(sub, parent) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_dataclass_flags(p.add_argument_group("training"), TrainConfig, dest_prefix="train_",
                         help_text=TRAIN_HELP)
-    add_dataclass_flags(p.add_argument_group("model options (override the picked or preset model)"),
-                        ModelConfig, dest_prefix="model_", skip=("image_size", "class_names", "name", "extra"))
+    add_model_flags(p)
     add_dataclass_flags(p.add_argument_group("augmentation (defaults picked from the data)"),
                         AugmentConfig, dest_prefix="aug_", skip=("label_smoothing",))
     p.set_defaults(func=run)
