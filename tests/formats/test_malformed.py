@@ -3,6 +3,7 @@ files of no known layout, and pickles that try to run code (nothing runs)."""
 
 import os
 import pickle
+import random
 
 import numpy as np
 import pytest
@@ -49,10 +50,20 @@ def test_truncated_pth(tmp_path):
 
 def test_empty_and_garbage_files(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
-    (tmp_path / "noise.bin").write_bytes(os.urandom(256))
-    for name in ("empty.pth", "noise.bin"):
+    for name in ("empty.pth",):
         with pytest.raises(CheckpointError):
             vitkit.load(tmp_path / name)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".bin", ".pt"])
+def test_random_bytes_as_torch_pickle_are_refused(tmp_path, suffix):
+    # Seeded: these seeds include bytes that stop torch's unpickler with IndexError,
+    # KeyError and UnicodeDecodeError rather than UnpicklingError (a CI failure once).
+    path = tmp_path / f"noise{suffix}"
+    for seed in range(300):
+        path.write_bytes(random.Random(seed).randbytes(256))
+        with pytest.raises(CheckpointError):
+            vitkit.load(path)
 
 
 class RunsCode:

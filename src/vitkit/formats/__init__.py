@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -35,14 +36,20 @@ ADAPT = ("image_size", "patch_size", "num_classes")
 def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict from a torch pickle, refusing anything that is not tensors."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Garbage bytes can look like an unknown pickle protocol; torch warns before failing.
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # Name what was refused (e.g. "Unsupported global: GLOBAL posix.system"), nothing more:
         # torch's advice to retry with weights_only=False is exactly what must not be done.
         detail = re.search(r"Unsupported[^\n]*", str(e))
         raise CheckpointError(f"refused {path}: file contains code/objects, not plain tensors"
                               + (f" ({detail.group(0).rstrip('.')})" if detail else "")) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
+            IndexError, KeyError, TypeError, AttributeError, struct.error) as e:
+        # The weights-only unpickler walks opcodes in Python: random bytes stop it with any of
+        # these (an index past its stack, an unknown memo key, undecodable text).
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"cannot read {path}: {detail} (truncated or not a checkpoint?)") from None
     for wrapper in ("state_dict", "model", "module", "state_dict_ema"):
