@@ -11,6 +11,7 @@ import math
 import random
 import sys
 import time
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -41,6 +42,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The permutation of the n training images for one epoch, a function of (seed, epoch) only."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
 
 
 def pick_device(name: str) -> torch.device:
@@ -196,31 +203,37 @@ class Trainer:
         return shadow
 
     # ------------------------------------------------------------------ the loop
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels) on the device, one training step each. The order depends only
+        on (seed, epoch), never on the global RNG, so a resumed run (and every rank of a
+        distributed one) can rebuild any epoch's batches."""
+        order = epoch_order(self.cfg.seed, epoch, self.train_labels.shape[0]).to(self.device)
+        batch = self.cfg.batch_size
+        for step in range(self.steps_per_epoch):
+            index = order[step * batch:(step + 1) * batch]
+            yield self.train_images[index], self.train_labels[index]
+
     def train_epoch(self, epoch: int, bar) -> dict:
         self.model.train()
-        images = self.train_images
-        labels = self.train_labels
-        n = labels.shape[0]
-        order = torch.randperm(n).to(self.device)
+        n = self.train_labels.shape[0]
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         accum, batch = self.cfg.accum_steps, self.cfg.batch_size
-        for step in range(self.steps_per_epoch):
-            index = order[step * batch:(step + 1) * batch]
+        for step, (images, labels) in enumerate(self.epoch_batches(epoch)):
             if self.objective is None:
-                x, targets = self._input(images[index], labels[index])
+                x, targets = self._input(images, labels)
                 with autocast(self.device, self.precision):
                     logits = self.forward(x)
                 loss = soft_cross_entropy(logits, targets)
             else:
-                pixels, targets = self._input(images[index], labels[index], normalized=False)
+                pixels, targets = self._input(images, labels, normalized=False)
                 logits, loss = self.objective(self.model, pixels, targets)
             # Weight each micro-batch by its share of the accumulated batch, so accumulation
             # gives the gradient of the full batch even when the last one is short.
             group_start = step // accum * accum * batch
-            share = index.numel() / (min(n, group_start + accum * batch) - group_start)
+            share = labels.shape[0] / (min(n, group_start + accum * batch) - group_start)
             (loss * share).backward()
-            loss_sum += loss.detach() * index.numel()
+            loss_sum += loss.detach() * labels.shape[0]
             correct += (logits.detach().argmax(1) == targets.argmax(1)).sum()
             if (step + 1) % accum == 0 or step + 1 == self.steps_per_epoch:
                 self._update(epoch)
