@@ -102,9 +102,15 @@ def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
     `hints` settle what the tensors cannot say: num_heads (fused qkv), source_image_size
     (a non-square grid), posemb (a fixed embedding that is not stored). The metadata's
     "skipped" lists foreign tensors left out when strict=False."""
+    path = Path(path)
+    cfg, state, meta = _read_any(path, strict, hints)
+    _check_values(state, path)
+    return cfg, state, meta
+
+
+def _read_any(path: Path, strict: bool, hints: dict) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     from vitkit.formats import google_npz, hf
 
-    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     if path.is_dir():
@@ -113,6 +119,8 @@ def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
         raise CheckpointError(f"{path} is a directory without config.json (expected a Hugging Face ViT)")
     if path.suffix == ".onnx":
         raise CheckpointError(f"{path}: ONNX is an export format; load the checkpoint it was made from")
+    if path.suffix == ".safetensors":
+        read_header(path)  # a damaged one is refused here, naming what is wrong with it
     if _is_safetensors(path):
         if is_native(path):
             cfg, state, meta = load_native(path)
@@ -123,6 +131,19 @@ def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
     if path.suffix in (".npz", ".safetensors"):
         raise CheckpointError(f"cannot read {path}: not a valid {path.suffix} file (truncated?)")
     return _read_state_dict(read_torch_file(path), path, strict, hints)
+
+
+def _check_values(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights that are NaN, infinite or complex make every output meaningless: refuse them by name."""
+    complex_ = [k for k, v in state.items() if v.is_complex()]
+    if complex_:
+        raise CheckpointError(f"{path} holds complex tensors ({', '.join(complex_[:4])}); weights must be real")
+    # float32 first: isfinite is not implemented for every 8-bit float type.
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v.float()).all())]
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinite values in {len(bad)} tensor(s) "
+                              f"({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); the file is damaged "
+                              "or was saved from a run that diverged")
 
 
 def apply_state(model: VisionTransformer, state: dict[str, torch.Tensor], strict: bool = True,

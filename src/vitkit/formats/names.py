@@ -72,6 +72,30 @@ def meta_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
         return VisionTransformer(cfg).state_dict()
 
 
+# A file may leave part of the model its config describes to fresh initialisation (strict=False),
+# but not most of it: beyond this the config does not belong to the tensors.
+_UNFILLED_PARAMETERS = 2**20
+
+
+def check_buildable(cfg: ModelConfig, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a config read from a file that describes a model out of all proportion to the
+    tensors the file holds, before anything is built: blocks the file has no tensors for would
+    take unbounded time to build, parameters it cannot fill unbounded memory."""
+    blocks = cfg.depth + sum(cfg.resnet_layers)
+    if blocks > len(tensors):
+        raise CheckpointError(f"{source}: its config describes {blocks} blocks but the file holds only "
+                              f"{len(tensors)} tensors; the config does not belong to these weights")
+    try:
+        described = sum(t.numel() for t in meta_state(cfg).values())
+    except (RuntimeError, OverflowError, ValueError, TypeError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{source}: its config describes a model that cannot be built ({detail})") from None
+    held = sum(t.numel() for t in tensors.values())
+    if described > 2 * held + _UNFILLED_PARAMETERS:
+        raise CheckpointError(f"{source}: its config describes a model of {described:,} parameters but the "
+                              f"file holds {held:,} values; the config does not belong to these weights")
+
+
 def resolve(rules: list[Rule], key: str, values: dict) -> tuple[tuple[str, ...], str] | None:
     for rule in rules:
         m = re.fullmatch(rule.pattern, key)
@@ -110,6 +134,7 @@ def to_vitkit(foreign: dict[str, torch.Tensor], cfg: ModelConfig, rules: list[Ru
               fmt: str, source: str, strict: bool = True) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Foreign tensors -> vitkit state dict. Missing, unexpected and mis-shaped tensors are named
     in one CheckpointError; with strict=False they are skipped and returned as a list."""
+    check_buildable(cfg, foreign, source)
     state, missing, mismatched, claimed = {}, [], [], set()
     for key, theirs, kind, shapes in plan(cfg, rules, values, fmt):
         claimed.update(theirs)

@@ -35,7 +35,7 @@ from vitkit.train.auto import resolve
 from vitkit.train.config import TrainConfig
 from vitkit.train.optim import EMA, build_optimizer, lr_factor, set_lr
 from vitkit.train.run import RunFolder
-from vitkit.train.state import load_training_state, restore_rng, save_training_state
+from vitkit.train.state import check_fits_optimizer, load_training_state, restore_rng, save_training_state
 
 
 def seed_everything(seed: int) -> None:
@@ -182,6 +182,7 @@ class Trainer:
                                   f"({path.name} is missing); start a new run instead")
         state = load_training_state(path)
         apply_state(self.model, state["model"], source=str(path))
+        check_fits_optimizer(state, self.optimizer, path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}

@@ -1,0 +1,91 @@
+"""The property every fuzzer checks, and the ways it damages valid files.
+
+`reads_or_refuses(call)` runs one reader call and returns its result, or the VitkitError it
+raised. Anything else fails the test: another exception type, a message of more than one
+line, a message that hides an allocation failure (a reader that tried to allocate what a
+header declared), or a call that runs longer than EXAMPLE_SECONDS (a hang). Allocations
+are capped by tests/fuzz/conftest.py, so a reader that believes a declared size fails
+here instead of swapping.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+from hypothesis import strategies as st
+
+from vitkit.errors import VitkitError
+
+# One call on a small fuzzed file takes milliseconds; this is a hang, not a slow machine.
+EXAMPLE_SECONDS = 20
+_ALLOCATION_FAILURES = ("MemoryError", "Unable to allocate", "can't allocate", "DefaultCPUAllocator",
+                        "out of memory")
+
+
+class Hang(Exception):
+    """A reader call that did not return within EXAMPLE_SECONDS."""
+
+
+@contextmanager
+def watchdog(seconds: float = EXAMPLE_SECONDS):
+    """Interrupt Python code that runs too long; if native code never returns to Python, dump
+    every thread's stack and end the process, so CI fails instead of waiting forever."""
+    def interrupt(signum, frame):
+        raise Hang(f"no answer within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    faulthandler.dump_traceback_later(3 * seconds, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def reads_or_refuses(call, *, names: str | Path | None = None):
+    """Run `call()`: its result, or the VitkitError it raised (checked: one line, no hidden
+    allocation failure, and naming `names` when given, e.g. the damaged file)."""
+    try:
+        with watchdog():
+            return call()
+    except VitkitError as err:
+        message = str(err)
+        assert "\n" not in message, f"a multi-line error: {message!r}"
+        assert not any(sign in message for sign in _ALLOCATION_FAILURES), (
+            f"the reader tried a huge allocation before refusing: {message}")
+        if names is not None:
+            name = Path(names).name
+            assert name in message, f"the error does not name {name}: {message}"
+        return err
+
+
+# ----------------------------------------------------------------------------- damage
+
+def truncations(valid: bytes) -> st.SearchStrategy[bytes]:
+    """Every proper prefix of a valid file, the empty file included."""
+    return st.integers(0, len(valid) - 1).map(lambda n: valid[:n])
+
+
+def byte_flips(valid: bytes, most: int = 8) -> st.SearchStrategy[bytes]:
+    """A valid file with up to `most` bytes replaced; the file header is hit more often, since
+    that is where readers decide how much to read."""
+    position = st.one_of(st.integers(0, min(len(valid), 256) - 1), st.integers(0, len(valid) - 1))
+    changes = st.lists(st.tuples(position, st.integers(0, 255)), min_size=1, max_size=most)
+
+    def apply(edits):
+        data = bytearray(valid)
+        for where, value in edits:
+            data[where] = value
+        return bytes(data)
+    return changes.map(apply)
+
+
+def damaged(valid: bytes) -> st.SearchStrategy[bytes]:
+    """Random bytes, truncations and byte flips of `valid`."""
+    return st.one_of(st.binary(max_size=2 * len(valid) if len(valid) < 512 else 1024), truncations(valid),
+                     byte_flips(valid))
