@@ -15,6 +15,7 @@ import signal
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from hypothesis import strategies as st
 
 from vitkit.errors import VitkitError
@@ -89,3 +90,64 @@ def damaged(valid: bytes) -> st.SearchStrategy[bytes]:
     """Random bytes, truncations and byte flips of `valid`."""
     return st.one_of(st.binary(max_size=2 * len(valid) if len(valid) < 512 else 1024), truncations(valid),
                      byte_flips(valid))
+
+
+# ----------------------------------------------------------------------------- wrong contents
+
+TORCH_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8,
+                torch.uint8, torch.bool, torch.complex64]
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+def _edit(tensors: dict, name: str, kind: str, shape: list[int], dtype: torch.dtype, value: float) -> None:
+    if kind == "drop":
+        del tensors[name]
+    elif kind == "shape":
+        tensors[name] = torch.zeros(shape)
+    elif kind == "ndim":
+        tensors[name] = tensors[name].reshape(-1) if tensors[name].ndim != 1 else tensors[name][None]
+    elif kind == "dtype":
+        tensors[name] = tensors[name].to(dtype)
+    elif kind == "value":
+        tensors[name] = tensors[name].clone().float()
+        tensors[name].view(-1)[0] = value
+    else:
+        tensors[name + ".extra"] = torch.zeros(shape)
+
+
+def tensor_edits(names: list[str]) -> st.SearchStrategy:
+    """1-3 edits of a state dict with these names: a tensor dropped, reshaped, flattened, cast
+    to another dtype, given a NaN/inf, or an unknown tensor added. Apply with `edits(tensors)`."""
+    one = st.tuples(st.sampled_from(names), st.sampled_from(["drop", "shape", "ndim", "dtype", "value", "add"]),
+                    st.lists(st.integers(0, 5), max_size=4), st.sampled_from(TORCH_DTYPES),
+                    st.sampled_from(NON_FINITE))
+
+    def apply_all(edits):
+        def apply(tensors: dict) -> dict:
+            tensors = dict(tensors)
+            for name, kind, shape, dtype, value in edits:
+                if name in tensors:
+                    _edit(tensors, name, kind, shape, dtype, value)
+            return tensors
+        return apply
+    return st.lists(one, min_size=1, max_size=3).map(apply_all)
+
+
+# ----------------------------------------------------------------------------- hostile pickles
+
+# Opcodes followed by a declared length: (opcode, bytes of the length field).
+_COUNTED = [(b"B", 4), (b"T", 4), (b"X", 4), (b"\x8d", 8), (b"\x8e", 8), (b"\x96", 8), (b"\x8b", 4),
+            (b"\x95", 8)]
+# Memo stores with an index: LONG_BINPUT (4 bytes) and PUT (decimal text).
+_MEMO = [b"r", b"p"]
+
+
+def pickles_declaring_sizes() -> st.SearchStrategy[bytes]:
+    """A pickle that declares a length (of bytes, text, a long, a frame) or a memo index far
+    beyond its own size, with a little real data after it."""
+    counted = st.tuples(st.sampled_from(_COUNTED), st.integers(2**20, 2**40), st.binary(max_size=16)).map(
+        lambda t: b"\x80\x04" + t[0][0] + (t[1] % 2 ** (8 * t[0][1])).to_bytes(t[0][1], "little") + t[2])
+    memo = st.tuples(st.sampled_from(_MEMO), st.integers(2**24, 2**31 - 1)).map(
+        lambda t: b"\x80\x02N" + (t[0] + t[1].to_bytes(4, "little") if t[0] == b"r" else
+                                 t[0] + str(t[1]).encode() + b"\n") + b".")
+    return st.one_of(counted, memo)

@@ -12,6 +12,7 @@ picks the module from the file itself:
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import re
@@ -26,6 +27,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.formats.native import is_native, load_native, read_header, read_tensors, save
 from vitkit.models.config import ModelConfig
 from vitkit.models.vit import VisionTransformer
+from vitkit.pickles import PickleSizeError, check_sizes, persistent_ids
 
 # Overrides that describe the file rather than change the model: used while reading.
 READ_HINTS = ("source_image_size",)
@@ -33,8 +35,40 @@ READ_HINTS = ("source_image_size",)
 ADAPT = ("image_size", "patch_size", "num_classes")
 
 
+def _check_legacy_sizes(path: Path) -> None:
+    """A torch file of the legacy (not zip) layout holds five pickles (magic number, protocol,
+    system info, the object, the storage keys) and then the storages' bytes. torch allocates
+    every declared string and storage before reading it: check the declarations fit the file."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        storages: dict = {}
+        for _ in range(5):
+            start = view.tell()
+            try:
+                check_sizes(view)
+                view.seek(start)
+                ids = persistent_ids(view)
+            except PickleSizeError as e:
+                raise CheckpointError(f"cannot read {path}: it declares data beyond its end ({e}); "
+                                      "the file is truncated or damaged") from None
+            except Exception:  # malformed in another way: torch.load names the problem
+                return
+            # A storage's persistent id is ('storage', type, key, location, number of elements, ...);
+            # tensors sharing a storage repeat its id.
+            storages.update((repr(pid[2]), pid[4]) for pid in ids if isinstance(pid, tuple) and len(pid) > 4
+                            and isinstance(pid[4], int) and pid[4] > 0)
+            declared = sum(storages.values())
+            if declared > size:
+                raise CheckpointError(f"cannot read {path}: its storages declare {declared:,} elements but "
+                                      f"the file has {size:,} bytes; it is truncated or damaged")
+
+
 def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict from a torch pickle, refusing anything that is not tensors."""
+    if not zipfile.is_zipfile(path):
+        _check_legacy_sizes(path)
     try:
         with warnings.catch_warnings():
             # Garbage bytes can look like an unknown pickle protocol; torch warns before failing.
