@@ -2,15 +2,21 @@
 
 `reads_or_refuses(call)` runs one reader call and returns its result, or the VitkitError it
 raised. Anything else fails the test: another exception type, a message of more than one
-line, a message that hides an allocation failure (a reader that tried to allocate what a
-header declared), or a call that runs longer than EXAMPLE_SECONDS (a hang). Allocations
-are capped by tests/fuzz/conftest.py, so a reader that believes a declared size fails
-here instead of swapping.
+line, a message that hides an allocation failure, or a call that runs longer than
+EXAMPLE_SECONDS (a hang).
+
+The call runs under a memory cap: RLIMIT_DATA (the private writable memory numpy, torch and
+Pillow allocate from) set to what the process uses when the call starts plus
+MEMORY_HEADROOM. A reader that believes a size declared in a damaged file and allocates it
+fails with MemoryError instead of exhausting the machine (or, worse, succeeding lazily and
+unnoticed). Where the platform has no RLIMIT_DATA or /proc, calls run without a cap.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import re
+import resource
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +28,35 @@ from vitkit.errors import VitkitError
 
 # One call on a small fuzzed file takes milliseconds; this is a hang, not a slow machine.
 EXAMPLE_SECONDS = 20
+# A reader of a file of a few kilobytes has no business allocating more.
+MEMORY_HEADROOM = 1 << 30
 _ALLOCATION_FAILURES = ("MemoryError", "Unable to allocate", "can't allocate", "DefaultCPUAllocator",
                         "out of memory")
+
+
+def _data_in_use() -> int | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"VmData:\s+(\d+) kB", status)
+    return int(found.group(1)) * 1024 if found else None
+
+
+@contextmanager
+def memory_cap(headroom: int = MEMORY_HEADROOM):
+    """Let the block allocate at most `headroom` bytes more than the process holds now."""
+    in_use = _data_in_use()
+    if in_use is None or not hasattr(resource, "RLIMIT_DATA"):
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = in_use + headroom if hard == resource.RLIM_INFINITY else min(in_use + headroom, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 class Hang(Exception):
@@ -52,7 +85,7 @@ def reads_or_refuses(call, *, names: str | Path | None = None):
     """Run `call()`: its result, or the VitkitError it raised (checked: one line, no hidden
     allocation failure, and naming `names` when given, e.g. the damaged file)."""
     try:
-        with watchdog():
+        with watchdog(), memory_cap():
             return call()
     except VitkitError as err:
         message = str(err)

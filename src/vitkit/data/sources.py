@@ -27,6 +27,7 @@ from vitkit.data.folders import find_split_files
 from vitkit.data.images import (DEFAULT_MAX_IMAGE_PIXELS, BadImage, Size, as_size, decode_all, describe_bad,
                                 most_common_size, pixel_limit, progress, raise_if_bad, read_header)
 from vitkit.errors import ConfigError, DataError
+from vitkit.npz import read_arrays
 
 _SOURCES_HINT = "give 'digits', an image folder, a CIFAR python folder or an .npz file"
 # ITU-R 601 luma, the weights Pillow uses for RGB -> L, so arrays and files agree.
@@ -112,7 +113,7 @@ def _archive_hint(path: Path) -> str:
 
 def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     with resources.files("vitkit.data").joinpath("digits.npz").open("rb") as f:
-        data = np.load(f)
+        data = np.load(f, allow_pickle=False)
         return data["x"][:, None], data["y"], [str(i) for i in range(10)]
 
 
@@ -121,18 +122,12 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     layout = "it needs x (N, H, W[, C]) uint8, y (N,) integer labels and optionally class_names"
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path} is not a readable .npz file (not a zip archive); {layout}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [key for key in ("x", "y") if key not in data.files]
-            if missing:
-                raise DataError(f"{path} has no {' or '.join(missing)} array; {layout}")
-            x, y = data["x"], data["y"]
-            names = data["class_names"] if "class_names" in data.files else None
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise DataError(f"{path} is not a readable .npz file ({err}); {layout}") from None
-    except ValueError as err:
-        raise DataError(f"{path} holds pickled objects, which vitkit does not load ({err}); store "
-                        "class_names as a string array, e.g. np.array(names, dtype=str)") from None
+    data = read_arrays(path, DataError, layout + " (store class_names as a string array, "
+                                              "e.g. np.array(names, dtype=str))")
+    missing = [key for key in ("x", "y") if key not in data]
+    if missing:
+        raise DataError(f"{path} has no {' or '.join(missing)} array; {layout}")
+    x, y, names = data["x"], data["y"], data.get("class_names")
     if x.dtype != np.uint8:
         raise DataError(f"{path}: x is {x.dtype}; it must be uint8 with values 0..255")
     if x.ndim == 3:
@@ -148,6 +143,10 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         raise DataError(f"{path} holds no images")
     if names is not None and (names.ndim != 1 or names.dtype.kind not in "US"):
         raise DataError(f"{path}: class_names is {names.dtype} {names.shape}; it must be a 1-D string array")
+    if names is None and y.max() >= len(y):
+        # Classes named by number would be 0..max: never more of them than there are images.
+        raise DataError(f"{path}: labels run up to {y.max()} for only {len(y)} images; number the classes "
+                        "0..classes-1, or store their names in class_names")
     class_names = [str(n) for n in names] if names is not None else [str(i) for i in range(int(y.max()) + 1)]
     if y.min() < 0 or y.max() >= len(class_names):
         raise DataError(f"{path}: labels run from {y.min()} to {y.max()} but there are {len(class_names)} "

@@ -31,6 +31,7 @@ from vitkit.formats.names import Rule, from_vitkit, require, to_vitkit
 from vitkit.io import atomic_path
 from vitkit.models.config import ModelConfig
 from vitkit.models.posemb import grid_from_tokens
+from vitkit.npz import read_arrays
 
 LAYOUTS = {
     "original": dict(ln1="LayerNorm_0", attn="MultiHeadDotProductAttention_1", ln2="LayerNorm_2",
@@ -100,15 +101,7 @@ def is_npz(path: Path) -> bool:
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of an .npz, refusing pickled objects, with big_vision's `params/` stripped."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise CheckpointError(f"refused {path}: file contains code/objects, not plain tensors") from None
-        raise CheckpointError(f"cannot read {path}: {e} (truncated or not an .npz file?)") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
-        raise CheckpointError(f"cannot read {path}: {e} (truncated or not an .npz file?)") from None
+    arrays = read_arrays(path, CheckpointError, "truncated, or not a Google ViT checkpoint?")
     if any(k.startswith("params/") for k in arrays):
         # A big_vision training checkpoint also holds optimiser state ("opt/..."): the model is
         # the params/ tree; what else was there is listed, not silently dropped.
