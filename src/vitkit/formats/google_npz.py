@@ -117,13 +117,16 @@ def looks_like_google(names) -> bool:
     return "embedding/kernel" in names and any(k.startswith("Transformer/") for k in names)
 
 
-def unstack_blocks(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def unstack_blocks(arrays: dict[str, np.ndarray], source: str = "the checkpoint") -> dict[str, np.ndarray]:
     """big_vision's scanned encoder stores `Transformer/encoderblock/...` with the blocks on a
     leading axis; give each block its own `encoderblock_i` names."""
     out = {}
     prefix = "Transformer/encoderblock/"
     for key, value in arrays.items():
         if key.startswith(prefix):
+            if value.ndim == 0:
+                raise CheckpointError(f"{source}: {key} is a scalar, but a scanned encoder stacks its "
+                                      "blocks on a leading axis")
             for i in range(value.shape[0]):
                 out[f"Transformer/encoderblock_{i}/{key[len(prefix):]}"] = value[i]
         else:
@@ -211,7 +214,12 @@ def infer_config(arrays: dict[str, np.ndarray], layout: str, source: str, hints:
 
 
 def read(path: Path, strict: bool = True, **hints) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
-    arrays = unstack_blocks(read_npz(path))
+    arrays = read_npz(path)
+    odd = [f"{k} ({v.dtype})" for k, v in arrays.items() if v.dtype.kind not in "biuf"]
+    if odd:
+        raise CheckpointError(f"{path}: {', '.join(odd[:4])} {'is' if len(odd) == 1 else 'are'} not real "
+                              "numbers; a checkpoint's arrays hold weights")
+    arrays = unstack_blocks(arrays, str(path))
     if not looks_like_google(arrays):
         raise CheckpointError(f"{path} is an .npz but not a ViT checkpoint in Google's layout "
                               "(no embedding/kernel and Transformer/...)")
