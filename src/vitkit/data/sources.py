@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from vitkit.data import cifar
 from vitkit.data.dataset import DataSplits, ImageSet, stratified_split
 from vitkit.data.folders import find_split_files
-from vitkit.data.images import (DEFAULT_MAX_IMAGE_PIXELS, BadImage, Size, as_size, decode_all, describe_bad,
-                                most_common_size, pixel_limit, progress, raise_if_bad, read_header)
+from vitkit.data.images import (BadImage, Size, as_size, decode_all, describe_bad, most_common_size,
+                                pixel_limit, progress, raise_if_bad, read_header, read_pixels)
 from vitkit.errors import ConfigError, DataError
 from vitkit.npz import read_arrays
 
@@ -38,12 +38,14 @@ _RESIZE_CHUNK = 1024
 def load_data(spec: str | os.PathLike = "digits", *, split_seed: int = 0, val_fraction: float = 0.1,
               test_fraction: float = 0.2, image_size: int | Sequence[int] | None = None,
               channels: int | None = None, skip_bad_images: bool = False,
-              max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, quiet: bool = False) -> DataSplits:
+              max_image_pixels: int | None = None, quiet: bool = False) -> DataSplits:
     """Read a data source into train/val/test splits of uint8 images.
 
     `image_size` (int or (H, W)) and `channels` (1 or 3) convert every image; by default a
     folder's images take its most common size and are grey only if every file is grey.
     `val_fraction` and `test_fraction` are fractions of the images being split.
+    `max_image_pixels` refuses larger image files (decompression bombs): None is
+    $VITKIT_MAX_IMAGE_PIXELS or Pillow's default of 89,478,485, 0 is no limit.
     """
     _check_options(val_fraction, test_fraction, channels)
     spec = os.fspath(spec)
@@ -76,8 +78,9 @@ def load_data(spec: str | os.PathLike = "digits", *, split_seed: int = 0, val_fr
 
 
 def read_images(paths: Sequence[str | Path], image_size: int | Sequence[int], channels: int, *,
-                max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, quiet: bool = False) -> torch.Tensor:
-    """Image files as (N, C, H, W) uint8, each converted and resized to a model's input."""
+                max_image_pixels: int | None = None, quiet: bool = False) -> torch.Tensor:
+    """Image files as (N, C, H, W) uint8, each converted and resized to a model's input;
+    `max_image_pixels` as for load_data."""
     paths = [Path(p).expanduser() for p in paths]
     missing = [p for p in paths if not p.is_file()]
     if missing:
@@ -86,6 +89,24 @@ def read_images(paths: Sequence[str | Path], image_size: int | Sequence[int], ch
         raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), not {channels}")
     with pixel_limit(max_image_pixels):
         images, _, bad = decode_all(paths, as_size(image_size), channels, quiet)
+    raise_if_bad(bad, "the given files", skip_hint=False)
+    return images
+
+
+def read_image_files(paths: Sequence[str | Path], channels: int = 3, *, max_image_pixels: int | None = None
+                     ) -> list[torch.Tensor]:
+    """Image files as (C, H, W) uint8 tensors, each at its own size; `max_image_pixels` as for
+    load_data."""
+    paths = [Path(p).expanduser() for p in paths]
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), not {channels}")
+    images, bad = [], {}
+    with pixel_limit(max_image_pixels):
+        for path in paths:
+            try:
+                images.append(torch.from_numpy(read_pixels(path, read_header(path).size, channels).copy()))
+            except BadImage as err:
+                bad[path] = str(err)
     raise_if_bad(bad, "the given files", skip_hint=False)
     return images
 

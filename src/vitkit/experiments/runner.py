@@ -118,7 +118,8 @@ def check_same_config(stored: TrainConfig, wanted: TrainConfig, run_dir: Path) -
     """A finished or interrupted run is reused only if it was trained with this cell's config."""
     have, want = _plain(stored.to_dict()), _plain(wanted.to_dict())
     for key, value in want.items():
-        if key == "out" or value is None:
+        # The pixel limit decides which files are read, not what is trained on them.
+        if key in ("out", "max_image_pixels") or value is None:
             continue
         if isinstance(value, dict):
             differ = [k for k in value if have[key].get(k) != value[k]]
@@ -220,7 +221,8 @@ def run_experiment(experiment: Experiment, settings: Settings) -> dict:
             raise ConfigError(f"{out} holds the {earlier!r} experiment; choose another --out for {experiment.name!r}")
     data = load_data(settings.data, split_seed=settings.train_options.get("split_seed", 0),
                      val_fraction=settings.train_options.get("val_fraction", 0.1),
-                     test_fraction=settings.train_options.get("test_fraction", 0.2))
+                     test_fraction=settings.train_options.get("test_fraction", 0.2),
+                     max_image_pixels=settings.train_options.get("max_image_pixels"))
     setup = Setup(settings, data, pinned_base(settings, data))
     cells = experiment.cells(setup)
     write_json(marker, {"experiment": experiment.name, "data": settings.data})

@@ -100,6 +100,8 @@ class TrainConfig:
     train_fraction: float = 1.0
     image_size: int | None = None
     skip_bad_images: bool = False
+    # Image files above this many pixels are refused; None: $VITKIT_MAX_IMAGE_PIXELS or Pillow's default.
+    max_image_pixels: int | None = None
 
     # Objectives (vitkit.objectives): knowledge distillation through a distillation token,
     # adversarial training. alpha and tau default to DeiT's for the kind of distillation.
@@ -131,6 +133,8 @@ class TrainConfig:
         choice("recipe", RECIPES)
         choice("distill", DISTILL)
         choice("adversarial", ADVERSARIAL)
+        if self.max_image_pixels is not None and self.max_image_pixels < 0:
+            raise ConfigError(f"max_image_pixels must be a number of pixels, 0 for no limit; got {self.max_image_pixels}")
         positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size")
         for name in positive:
             value = getattr(self, name)

@@ -121,7 +121,8 @@ class Trainer:
             cfg = self.run_dir.read_config()
         self.device = pick_device(cfg.device)
         self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
-                              test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
+                              test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images,
+                              max_image_pixels=cfg.max_image_pixels)
         self.data.train = training_subset(self.data.train, cfg.train_fraction, cfg.split_seed)
         for note in self.data.notes:
             # Warnings print even with --quiet: they say something was left out.
