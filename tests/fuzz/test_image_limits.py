@@ -120,3 +120,13 @@ def test_predict_reads_the_bomb_with_the_limit_off(bomb_folder, capsys):
     assert main(["predict", str(bomb_folder / "m.safetensors"), str(bomb_folder / "d/dog/bomb.png"),
                  "--max-image-pixels", "0", "--json"]) == 0
     assert '"image":' in capsys.readouterr().out
+
+
+def test_regression_analyze_images_over_twice_the_limit(bomb_folder, capsys):
+    # vitkit analyze --images opened files with Pillow directly: DecompressionBombError (not an
+    # OSError) escaped as a traceback, and the limit could not be raised.
+    (bomb_folder / "huge.png").write_bytes(png_declaring(100_000, 100_000))
+    argv = ["analyze", str(bomb_folder / "m.safetensors"), "--out", str(bomb_folder / "a"), "--images",
+            str(bomb_folder / "huge.png"), "--quiet"]
+    assert main(argv) == 2
+    assert f"huge.png (over the limit of {DEFAULT} pixels" in capsys.readouterr().err

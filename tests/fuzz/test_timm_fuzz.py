@@ -152,3 +152,12 @@ def test_legacy_files_with_shared_storages_still_load():
     shared = torch.randn(3, 16)
     tensors = {**TIMM_STATE, "head.weight": shared, "head.bias": shared[:, 0]}
     assert isinstance(load_bytes(legacy_pickle(tensors), "m.pth"), vitkit.VisionTransformer)
+
+
+def test_regression_skipped_tensors_are_named_once():
+    # A tensor timm's table skipped was missing again for apply_state, and listed twice.
+    tensors = {k: v for k, v in TIMM_STATE.items() if k != "head.bias"}
+    with scratch() as folder:
+        (folder / "m.safetensors").write_bytes(safetensors.torch.save(tensors))
+        with pytest.warns(UserWarning, match=r"skipped 1 tensor\(s\): head.bias$"):
+            vitkit.load(folder / "m.safetensors", num_heads=2, strict=False)
