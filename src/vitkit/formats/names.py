@@ -135,6 +135,9 @@ def to_vitkit(foreign: dict[str, torch.Tensor], cfg: ModelConfig, rules: list[Ru
     """Foreign tensors -> vitkit state dict. Missing, unexpected and mis-shaped tensors are named
     in one CheckpointError; with strict=False they are skipped and returned as a list."""
     check_buildable(cfg, foreign, source)
+    complex_ = sorted(n for n, t in foreign.items() if t.is_complex())
+    if complex_:
+        raise CheckpointError(f"{source} holds complex tensors ({_listing(complex_)}); weights must be real")
     state, missing, mismatched, claimed = {}, [], [], set()
     for key, theirs, kind, shapes in plan(cfg, rules, values, fmt):
         claimed.update(theirs)

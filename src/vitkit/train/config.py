@@ -134,7 +134,8 @@ class TrainConfig:
         choice("distill", DISTILL)
         choice("adversarial", ADVERSARIAL)
         if self.max_image_pixels is not None and self.max_image_pixels < 0:
-            raise ConfigError(f"max_image_pixels must be a number of pixels, 0 for no limit; got {self.max_image_pixels}")
+            raise ConfigError("max_image_pixels must be a number of pixels, 0 for no limit; got "
+                              f"{self.max_image_pixels}")
         positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size")
         for name in positive:
             value = getattr(self, name)
