@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import vitkit
 from vitkit.errors import CheckpointError
-from vitkit.train.state import load_training_state
+from vitkit.train.state import check_fits_optimizer, load_training_state
 
 from .harness import damaged, reads_or_refuses
 from .valid_files import TINY, native_file, safetensors_bytes, scratch, tiny_model, training_checkpoint
@@ -239,3 +239,20 @@ def test_regressions_training_state():
         header["__metadata__"]["train_state"] = text
         result = load_state_bytes(safetensors_bytes(header, payload))
         assert isinstance(result, CheckpointError) and expected in str(result)
+
+
+def test_optimiser_state_that_does_not_fit_the_run_is_refused_before_resuming():
+    # torch's load_state_dict takes moment tensors of any shape; the first step then failed.
+    with scratch() as folder:
+        (folder / "last.safetensors").write_bytes(training_checkpoint())
+        state = load_training_state(folder / "last.safetensors")
+    optimizer = torch.optim.AdamW(tiny_model().parameters(), lr=1e-3)
+    check_fits_optimizer(state, optimizer, "last.safetensors")
+    kept = state["optimizer"]["state"][0]["exp_avg"]
+    state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(5)
+    with pytest.raises(CheckpointError, match=r"optimiser slot exp_avg of parameter 0 has shape \(5,\)"):
+        check_fits_optimizer(state, optimizer, "last.safetensors")
+    state["optimizer"]["state"][0]["exp_avg"] = kept
+    state["optimizer"]["state"][99] = {}
+    with pytest.raises(CheckpointError, match="names parameter 99"):
+        check_fits_optimizer(state, optimizer, "last.safetensors")
