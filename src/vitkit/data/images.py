@@ -124,8 +124,6 @@ def _open(path: Path) -> Iterator[Image.Image]:
                     yield image
     except FileNotFoundError:
         raise BadImage("file not found") from None
-    except IsADirectoryError:
-        raise BadImage("a folder, not a file") from None
     except PermissionError:
         raise BadImage("permission denied") from None
 

@@ -230,8 +230,8 @@ def load_with_info(path: str | os.PathLike, strict: bool = True, **overrides
     except ConfigError as e:
         raise CheckpointError(f"cannot apply overrides to {path}: {e}") from None
     model = VisionTransformer(cfg)
-    # A tensor the format reader skipped is missing again for apply_state: name it once.
-    skipped = list(dict.fromkeys(meta.get("skipped", []) + apply_state(model, state, strict=strict, source=str(path))))
+    skipped = list(meta.get("skipped", [])) + apply_state(model, state, strict=strict, source=str(path))
+    skipped = list(dict.fromkeys(skipped))  # what the format reader skipped, apply_state misses again
     if skipped:
         warnings.warn(f"{path}: strict=False skipped {len(skipped)} tensor(s): {', '.join(skipped)}",
                       stacklevel=2)
