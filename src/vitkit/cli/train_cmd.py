@@ -8,6 +8,7 @@ from vitkit.cli.options import add_dataclass_flags, add_model_flags, collect
 from vitkit.data.augment import AugmentConfig
 from vitkit.errors import ConfigError
 from vitkit.train import TrainConfig, train
+from vitkit.train.distributed import is_main_process
 
 TRAIN_HELP = {
     "data": "digits (bundled), an image folder, a CIFAR-10/100 python folder, or an .npz with x and y",
@@ -28,7 +29,9 @@ TRAIN_HELP = {
     "early_stop": "stop after N epochs without a better validation accuracy (0 = off)",
     "precision": "auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16",
     "compile": "torch.compile the model",
-    "device": "auto, cpu, cuda, cuda:N",
+    "device": "auto, cpu, cuda, cuda:N (under torchrun: auto, cpu or cuda; each process takes cuda:LOCAL_RANK)",
+    "fsdp": "under torchrun, shard parameters, gradients and optimiser state across the processes "
+            "(FSDP2) instead of replicating the model (DDP); for L and H models",
     "train_fraction": "train on this stratified share (0, 1] of the training split, the same images for every seed",
     "image_size": "model input side (default: from the data)",
     "skip_bad_images": "skip unreadable images (counted in a warning) instead of stopping",
@@ -72,15 +75,17 @@ def build_config(args) -> TrainConfig:
 def run(args) -> int:
     if args.resume:
         given = set(collect(args, "train_")) | set(collect(args, "model_")) | set(collect(args, "aug_"))
-        extra = sorted(given - {"out", "device"})
+        extra = sorted(given - {"out", "device", "fsdp"})
         if extra or args.config:
             raise ConfigError("--resume continues the run with its saved config.yaml; drop "
                               + ", ".join("--" + e.replace("_", "-") for e in extra or ["config"]))
-        cfg = TrainConfig(out=getattr(args, "train_out", None), **(
-            {"device": args.train_device} if hasattr(args, "train_device") else {}))
+        launch = {k: v for k, v in collect(args, "train_").items() if k in ("device", "fsdp")}
+        cfg = TrainConfig(out=getattr(args, "train_out", None), **launch)
     else:
         cfg = build_config(args)
     summary = train(cfg, resume=args.resume, quiet=args.quiet)
+    if not is_main_process():
+        return 0
     if args.json:
         print_json(summary)
     else:

@@ -57,6 +57,9 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     device: str = "auto"
+    # Under torchrun: shard parameters, gradients and optimiser state with FSDP2 instead of
+    # replicating the model with DDP (docs/distributed.md).
+    fsdp: bool = False
     eval_batch_size: int = 512
     seed: int = 0
     split_seed: int = 0

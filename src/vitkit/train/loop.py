@@ -24,7 +24,6 @@ from vitkit.data.dataset import training_subset
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.evaluate.classification import autocast, classification_metrics, predict_logits
 from vitkit.evaluate.preprocess import normalize, resize_images
-from vitkit.formats import apply_state
 from vitkit.formats import load as load_checkpoint
 from vitkit.formats.native import save as save_model
 from vitkit.models.config import ModelConfig
@@ -33,6 +32,7 @@ from vitkit.models.vit import VisionTransformer
 from vitkit.objectives.training import build_objective, prepare_config
 from vitkit.train.auto import resolve
 from vitkit.train.config import TrainConfig
+from vitkit.train.distributed import Distributed, end_process_group
 from vitkit.train.optim import EMA, build_optimizer, lr_factor, set_lr
 from vitkit.train.run import RunFolder
 from vitkit.train.state import load_training_state, restore_rng, save_training_state
@@ -115,15 +115,22 @@ class Trainer:
     """One training run. `Trainer(cfg).run()` returns the summary dict."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, quiet: bool = False):
-        self.quiet = quiet
-        self.run_dir = RunFolder.open(cfg.out, resume=resume)
-        if resume:
-            cfg = self.run_dir.read_config()
-        self.device = pick_device(cfg.device)
+        # Under torchrun every rank builds a Trainer; only rank 0 prints and writes files.
+        self.dist = Distributed.from_environment()
+        self.quiet = quiet or not self.dist.is_main
+        self.dist.check(cfg)
+
+        def open_run():
+            run_dir = RunFolder.open(cfg.out, resume=resume)
+            # The checkpoint is unsharded, so whether to shard is the resuming launch's choice.
+            return run_dir, (run_dir.read_config().replace(fsdp=cfg.fsdp) if resume else cfg)
+
+        self.run_dir, cfg = self.dist.on_rank0(open_run)
+        self.device = self.dist.device(cfg.device) if self.dist.active else pick_device(cfg.device)
         self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
                               test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
         self.data.train = training_subset(self.data.train, cfg.train_fraction, cfg.split_seed)
-        for note in self.data.notes:
+        for note in self.data.notes if self.dist.is_main else ():
             # Warnings print even with --quiet: they say something was left out.
             tqdm.write(f"warning: {note}", file=sys.stderr)
         if len(self.data.train) == 0 or len(self.data.val) == 0:
@@ -133,6 +140,7 @@ class Trainer:
         self.cfg, model_cfg, notes = resolve(cfg, self.data)
         for note in notes:
             self.say(f"auto: {note}")
+        self.dist.check(self.cfg)
         seed_everything(self.cfg.seed)
         self.precision = pick_precision(self.cfg.precision, self.device)
         if self.cfg.init:
@@ -145,17 +153,19 @@ class Trainer:
                 self.model.load_state_dict(state)
         else:
             self.model = VisionTransformer(model_cfg)
+        self.dist.seed_rank(self.cfg.seed, update=0)
         self.model.to(self.device)
         if self.cfg.freeze == "backbone":
             for name, p in self.model.named_parameters():
                 p.requires_grad = name.startswith(("head.", "head_dist."))
+        trained = self.dist.wrap(self.model, self.cfg.fsdp)
         self.optimizer = build_optimizer(self.model, self.cfg.optimizer, self.cfg.lr,
                                          self.cfg.weight_decay, self.cfg.momentum, self.cfg.betas)
         self.ema = EMA(self.model, self.cfg.ema) if self.cfg.ema > 0 else None
         aug_cfg = AugmentConfig(**self.cfg.augment, label_smoothing=self.cfg.label_smoothing)
         self.augment = Augmenter(aug_cfg, self.model.config.num_classes,
                                  self.model.config.image_size, self.model.config.in_chans)
-        self.forward = torch.compile(self.model) if self.cfg.compile else self.model
+        self.forward = torch.compile(trained) if self.cfg.compile else trained
         self.objective = build_objective(self.cfg, self.model, self.device, self.precision)
 
         n = len(self.data.train)
@@ -167,7 +177,7 @@ class Trainer:
                          "bad_epochs": 0, "train_seconds": 0.0, "history": []}
         if resume:
             self._restore()
-        else:
+        elif self.dist.is_main:
             self.run_dir.write_config(self.cfg)
 
     # ------------------------------------------------------------------ helpers
@@ -177,16 +187,27 @@ class Trainer:
 
     def _restore(self) -> None:
         path = self.run_dir.last_checkpoint
-        if not path.exists():
-            raise CheckpointError(f"{self.run_dir.path} has no checkpoint to resume from "
-                                  f"({path.name} is missing); start a new run instead")
-        state = load_training_state(path)
-        apply_state(self.model, state["model"], source=str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
-        restore_rng(*state["rng"])
-        self.progress = state["progress"]
+        state = {}
+
+        def read_progress():
+            # Only rank 0 reads the file; the other ranks get its progress here and the
+            # weights and optimiser state through load_state.
+            if not path.exists():
+                raise CheckpointError(f"{self.run_dir.path} has no checkpoint to resume from "
+                                      f"({path.name} is missing); start a new run instead")
+            state.update(load_training_state(path))
+            return state["progress"]
+
+        self.progress = self.dist.on_rank0(read_progress)
+        self.dist.load_state(self.model, self.optimizer, state.get("model"), state.get("optimizer"),
+                             source=str(path))
+        if self.dist.is_main:
+            if self.ema is not None and state["ema"] is not None:
+                self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
+            restore_rng(*state["rng"])
+        if self.ema is not None:
+            self.dist.broadcast_(self.ema.shadow.values())
+        self.dist.seed_rank(self.cfg.seed, update=self.progress["update"])
         self.say(f"resuming {self.run_dir.path} after epoch {self.progress['epoch']}")
 
     def _input(self, images_uint8: torch.Tensor, labels: torch.Tensor, normalized: bool = True
@@ -210,7 +231,7 @@ class Trainer:
         order = epoch_order(self.cfg.seed, epoch, self.train_labels.shape[0]).to(self.device)
         batch = self.cfg.batch_size
         for step in range(self.steps_per_epoch):
-            index = order[step * batch:(step + 1) * batch]
+            index = self.dist.shard(order[step * batch:(step + 1) * batch])
             yield self.train_images[index], self.train_labels[index]
 
     def train_epoch(self, epoch: int, bar) -> dict:
@@ -220,24 +241,30 @@ class Trainer:
         correct = torch.zeros((), device=self.device)
         accum, batch = self.cfg.accum_steps, self.cfg.batch_size
         for step, (images, labels) in enumerate(self.epoch_batches(epoch)):
-            if self.objective is None:
-                x, targets = self._input(images, labels)
-                with autocast(self.device, self.precision):
-                    logits = self.forward(x)
-                loss = soft_cross_entropy(logits, targets)
-            else:
-                pixels, targets = self._input(images, labels, normalized=False)
-                logits, loss = self.objective(self.model, pixels, targets)
-            # Weight each micro-batch by its share of the accumulated batch, so accumulation
-            # gives the gradient of the full batch even when the last one is short.
-            group_start = step // accum * accum * batch
-            share = labels.shape[0] / (min(n, group_start + accum * batch) - group_start)
-            (loss * share).backward()
+            final = (step + 1) % accum == 0 or step + 1 == self.steps_per_epoch
+            with self.dist.gradient_sync(final):
+                if self.objective is None:
+                    x, targets = self._input(images, labels)
+                    with autocast(self.device, self.precision):
+                        logits = self.forward(x)
+                    # A rank's part of a short last batch can be empty: a zero loss that still
+                    # reaches every parameter, as the gradient reduction needs.
+                    loss = soft_cross_entropy(logits, targets) if labels.numel() else logits.sum()
+                else:
+                    pixels, targets = self._input(images, labels, normalized=False)
+                    logits, loss = self.objective(self.model, pixels, targets)
+                # Weight each micro-batch by its share of the accumulated global batch, so
+                # accumulation gives the gradient of the full batch even when the last one is
+                # short; times the world size, which the ranks' gradient averaging divides out.
+                group_start = step // accum * accum * batch
+                share = labels.shape[0] * self.dist.world_size / (min(n, group_start + accum * batch) - group_start)
+                (loss * share).backward()
             loss_sum += loss.detach() * labels.shape[0]
             correct += (logits.detach().argmax(1) == targets.argmax(1)).sum()
-            if (step + 1) % accum == 0 or step + 1 == self.steps_per_epoch:
+            if final:
                 self._update(epoch)
             bar.update(1)
+        self.dist.sum_(loss_sum, correct)
         return {"train_loss": float(loss_sum) / n, "train_acc": float(correct) / n}
 
     def _update(self, epoch: int) -> None:
@@ -257,6 +284,9 @@ class Trainer:
 
     def validate(self) -> dict:
         model = self._eval_model()
+        if self.dist.active:
+            return self.dist.validate(model, self.data.val.images, self.data.val.labels,
+                                      self.cfg.eval_batch_size, self.precision)
         logits = predict_logits(model, self.data.val.images, self.cfg.eval_batch_size, self.precision)
         labels = self.data.val.labels.to(logits.device)
         return {"val_loss": float(F.cross_entropy(logits, labels)),
@@ -299,15 +329,30 @@ class Trainer:
         improved = stats["val_acc"] > p["best_val_acc"]
         if improved:
             p["best_val_acc"], p["best_epoch"], p["bad_epochs"] = stats["val_acc"], epoch + 1, 0
-            save_model(self._eval_model(), self.run_dir.best_checkpoint,
-                       metadata={"epoch": epoch + 1, "val_acc": stats["val_acc"]})
         else:
             p["bad_epochs"] += 1
+        model_state, optimizer_state = self.dist.full_state(self.model, self.optimizer)
+        if not self.dist.is_main:
+            return
+        if improved:
+            save_model(self._best_model(model_state), self.run_dir.best_checkpoint,
+                       metadata={"epoch": epoch + 1, "val_acc": stats["val_acc"]})
         self.run_dir.write_metrics(p["history"])
-        save_training_state(self.run_dir.last_checkpoint, self.model, self.optimizer,
+        save_training_state(self.run_dir.last_checkpoint, self.model.config, model_state, optimizer_state,
                             self.ema.shadow if self.ema else None, p)
 
+    def _best_model(self, model_state: dict) -> VisionTransformer:
+        if not self.dist.fsdp:
+            return self._eval_model()
+        full = VisionTransformer(self.model.config)
+        full.load_state_dict(model_state)
+        return full
+
     def finish(self) -> dict:
+        """Rank 0 tests the best checkpoint and writes the summary; every rank returns it."""
+        return self.dist.on_rank0(self._test_and_summarize)
+
+    def _test_and_summarize(self) -> dict:
         best = load_checkpoint(self.run_dir.best_checkpoint).to(self.device)
         logits = predict_logits(best, self.data.test.images, self.cfg.eval_batch_size, self.precision)
         test = classification_metrics(logits, self.data.test.labels)
@@ -329,13 +374,19 @@ class Trainer:
             "seed": self.cfg.seed,
             "final_train_loss": history[-1]["train_loss"] if history else None,
         }
+        if self.dist.active:
+            summary["processes"] = self.dist.world_size
         self.run_dir.write_summary(summary, test["confusion"], self.data.class_names, history)
         return summary
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dict:
-    """Run a training job and return its summary (also written to the run folder)."""
-    return Trainer(cfg, resume=resume, quiet=quiet).run()
+    """Run a training job and return its summary (also written to the run folder). Under
+    torchrun every process calls this and gets the same summary."""
+    try:
+        return Trainer(cfg, resume=resume, quiet=quiet).run()
+    finally:
+        end_process_group()
 
 
 __all__ = ["train", "Trainer", "TrainConfig"]

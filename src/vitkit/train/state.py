@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from vitkit.errors import CheckpointError
 from vitkit.formats.native import FORMAT_KEY, read_header, read_tensors
 from vitkit.io import atomic_path
+from vitkit.models.config import ModelConfig
 
 PREFIX = "train_state."
 
@@ -47,10 +48,13 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        ema_shadow: dict[str, torch.Tensor] | None, progress: dict) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
+def save_training_state(path: str | Path, model_config: ModelConfig, model_state: dict[str, torch.Tensor],
+                        optimizer_state: dict, ema_shadow: dict[str, torch.Tensor] | None,
+                        progress: dict) -> None:
+    """`model_state` and `optimizer_state` are full (unsharded) state dicts, the optimiser's keyed
+    by parameter index as `Optimizer.state_dict()` gives them, whatever the number of processes."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    opt = optimizer_state
     for index, slots in opt["state"].items():
         for name, value in slots.items():
             if isinstance(value, torch.Tensor):
@@ -62,7 +66,7 @@ def save_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
     for k, v in rng_tensors.items():
         tensors[PREFIX + k] = v.contiguous()
     state = {"param_groups": opt["param_groups"], "progress": progress, "rng": rng_meta}
-    header = {FORMAT_KEY: model.config.to_json(), "format": "vitkit", "train_state": json.dumps(state)}
+    header = {FORMAT_KEY: model_config.to_json(), "format": "vitkit", "train_state": json.dumps(state)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
 
