@@ -58,6 +58,14 @@ def test_every_option_keeps_shape_and_range_and_changes_images(shape, option):
     assert not torch.equal(out, images)
 
 
+@pytest.mark.parametrize("option", [*OPTIONS, "affine"])
+def test_an_empty_batch_passes_through_every_option(option):
+    options = OPTIONS.get(option, dict(rotate=15.0, scale=0.15, translate=0.05))
+    out, targets = Augmenter(AugmentConfig(**options), 10, 8, 3)(torch.rand(0, 3, 8, 8),
+                                                                  torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0, 3, 8, 8) and targets.shape == (0, 10)
+
+
 @pytest.mark.parametrize("option", OPTIONS.keys())
 def test_seeding_the_global_rng_fixes_the_result(option):
     _, _, first, first_targets = _augment(OPTIONS[option], SHAPES["rgb 32x32"], seed=5)

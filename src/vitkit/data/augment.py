@@ -166,6 +166,9 @@ class Augmenter:
                               f"{'x'.join(map(str, images.shape[1:]))}; resize the data to the model's input")
         config = self.config
         targets = soft_targets(labels, self.num_classes, config.label_smoothing).to(images.device)
+        if images.shape[0] == 0:
+            # Nothing to transform: a distributed rank's empty part of a short last batch.
+            return images, targets
         if config.rotate or config.scale or config.translate:
             images = random_affine(images, config.rotate, config.scale, config.translate)
         if config.crop == "random" and config.crop_padding:

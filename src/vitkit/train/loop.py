@@ -257,7 +257,8 @@ class Trainer:
                 # accumulation gives the gradient of the full batch even when the last one is
                 # short; times the world size, which the ranks' gradient averaging divides out.
                 group_start = step // accum * accum * batch
-                share = labels.shape[0] * self.dist.world_size / (min(n, group_start + accum * batch) - group_start)
+                group = min(n, group_start + accum * batch) - group_start
+                share = labels.shape[0] * self.dist.world_size / group
                 (loss * share).backward()
             loss_sum += loss.detach() * labels.shape[0]
             correct += (logits.detach().argmax(1) == targets.argmax(1)).sum()

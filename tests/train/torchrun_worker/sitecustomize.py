@@ -1,0 +1,77 @@
+"""Imported at start-up by the processes the distributed tests launch (this folder goes first on
+their PYTHONPATH), so that they run the real `torchrun ... -m vitkit train` command while:
+
+- VITKIT_TEST_WATCH=DIR and VITKIT_TEST_WRITES=LOGDIR: each worker records every write under
+  DIR (files opened for writing, temporary files, renames, new folders, deletions) and on exit
+  writes the list to LOGDIR/rank<RANK>.json;
+- VITKIT_TEST_STOP_AFTER_EPOCH=K: the run stops (KeyboardInterrupt, as if interrupted) once
+  every rank has finished epoch K and rank 0 has written its checkpoint.
+
+Only torchrun's workers (RANK set) are touched; torchrun's own agent process is left alone.
+"""
+
+import atexit
+import json
+import os
+import sys
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+PATH_EVENTS = {"os.rename": (0, 1), "os.replace": (0, 1), "os.mkdir": (0,), "os.remove": (0,),
+               "os.rmdir": (0,), "tempfile.mkstemp": (0,), "shutil.rmtree": (0,)}
+
+
+def _record_writes(watched: str, log_dir: str) -> None:
+    watched = os.path.realpath(watched)
+    writes = []
+    recording = [True]
+
+    def inside(path) -> bool:
+        try:
+            return os.path.realpath(os.fsdecode(path)).startswith(watched + os.sep)
+        except (TypeError, ValueError):
+            return False
+
+    def hook(event, args):
+        if not recording[0]:
+            return
+        if event == "open":
+            path, mode, flags = args
+            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & WRITE_FLAGS)
+            if writing and inside(path):
+                writes.append(f"open {os.fsdecode(path)}")
+        elif event in PATH_EVENTS:
+            paths = [args[i] for i in PATH_EVENTS[event]]
+            if any(isinstance(p, (str, bytes, os.PathLike)) and inside(p) for p in paths):
+                writes.append(f"{event} {' '.join(os.fsdecode(p) for p in paths)}")
+
+    sys.addaudithook(hook)
+
+    def dump():
+        recording[0] = False
+        with open(os.path.join(log_dir, f"rank{os.environ['RANK']}.json"), "w") as f:
+            json.dump(writes, f)
+
+    atexit.register(dump)
+
+
+def _stop_after(epoch_count: int) -> None:
+    import torch.distributed as dist
+
+    from vitkit.train.loop import Trainer
+
+    end_epoch = Trainer._end_epoch
+
+    def end_then_stop(self, epoch, stats):
+        end_epoch(self, epoch, stats)
+        if epoch + 1 == epoch_count:
+            dist.barrier()
+            raise KeyboardInterrupt
+
+    Trainer._end_epoch = end_then_stop
+
+
+if "RANK" in os.environ:
+    if os.environ.get("VITKIT_TEST_WATCH"):
+        _record_writes(os.environ["VITKIT_TEST_WATCH"], os.environ["VITKIT_TEST_WRITES"])
+    if os.environ.get("VITKIT_TEST_STOP_AFTER_EPOCH"):
+        _stop_after(int(os.environ["VITKIT_TEST_STOP_AFTER_EPOCH"]))
