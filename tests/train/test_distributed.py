@@ -87,6 +87,18 @@ def assert_close_states(a: dict, b: dict) -> None:
             assert torch.equal(a[key], b[key]), key
 
 
+def watch(folder: Path, log: Path) -> dict:
+    """Environment for `torchrun` that has each worker log what it does to files in `folder`."""
+    log.mkdir()
+    return {"VITKIT_TEST_WATCH": str(folder), "VITKIT_TEST_LOG": str(log)}
+
+
+def file_access(log: Path) -> tuple[list[str], list[str]]:
+    """What ranks 0 and 1 did to files in the watched folder (opened for reading or writing,
+    temporary files, renames, new folders, deletions)."""
+    return tuple(json.loads((log / f"rank{rank}.json").read_text()) for rank in (0, 1))
+
+
 def files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
@@ -121,11 +133,8 @@ def one_process(data, tmp_path_factory) -> Path:
 def test_two_processes_train_what_one_process_trains_and_only_rank_0_writes(
         tmp_path, data, one_process, sharding):
     out = tmp_path / "run"
-    logs = tmp_path / "writes"
-    logs.mkdir()
     result = torchrun(tmp_path, "--data", str(data), "--out", str(out), *FLAGS,
-                      *(["--fsdp"] if sharding == "fsdp" else []),
-                      env={"VITKIT_TEST_WATCH": str(tmp_path), "VITKIT_TEST_WRITES": str(logs)})
+                      *(["--fsdp"] if sharding == "fsdp" else []), env=watch(tmp_path, tmp_path / "log"))
 
     # The same steps on the same global batches give the same weights and optimiser state.
     assert_close_states(last_state(out), last_state(one_process))
@@ -134,8 +143,9 @@ def test_two_processes_train_what_one_process_trains_and_only_rank_0_writes(
     summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["processes"] == 2
     assert files_under(out) == files_under(one_process)
-    rank0, rank1 = (json.loads((logs / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert any("last.safetensors" in w for w in rank0) and any("summary.json" in w for w in rank0)
+    rank0, rank1 = file_access(tmp_path / "log")
+    assert {"os.rename", "write"} <= {event.split()[0] for event in rank0}
+    assert any(e.endswith("last.safetensors") for e in rank0) and any(e.endswith("summary.json") for e in rank0)
     assert rank1 == []
 
 
@@ -158,10 +168,14 @@ def test_a_checkpoint_resumes_with_another_number_of_processes(tmp_path, data, m
     monkeypatch.setattr(Trainer, "_end_epoch", end_epoch)
 
     for epoch, sharding in ((2, ["--fsdp"]), (3, [])):
+        log = tmp_path / f"log{epoch}"
         result = torchrun(tmp_path, "--resume", "--out", str(run), "--quiet", *sharding, check=False,
-                          env={"VITKIT_TEST_STOP_AFTER_EPOCH": str(epoch)})
+                          env={"VITKIT_TEST_STOP_AFTER_EPOCH": str(epoch), **watch(tmp_path, log)})
         assert result.returncode != 0 and "interrupted" in result.stderr
         assert [h["epoch"] for h in history(run)] == list(range(1, epoch + 1))
+        # Rank 0 read the config and checkpoint and sent them on: rank 1 opened no file here.
+        rank0, rank1 = file_access(log)
+        assert any(e == f"read {run / 'config.yaml'}" for e in rank0) and rank1 == []
 
     summary = train(TrainConfig(out=str(run)), resume=True, quiet=True)
     assert summary["epochs"] == 4 and "processes" not in summary

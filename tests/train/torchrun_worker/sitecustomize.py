@@ -1,9 +1,9 @@
 """Imported at start-up by the processes the distributed tests launch (this folder goes first on
 their PYTHONPATH), so that they run the real `torchrun ... -m vitkit train` command while:
 
-- VITKIT_TEST_WATCH=DIR and VITKIT_TEST_WRITES=LOGDIR: each worker records every write under
-  DIR (files opened for writing, temporary files, renames, new folders, deletions) and on exit
-  writes the list to LOGDIR/rank<RANK>.json;
+- VITKIT_TEST_WATCH=DIR and VITKIT_TEST_LOG=LOGDIR: each worker records everything it does to
+  files under DIR (files opened for reading or writing, temporary files, renames, new folders,
+  deletions) and on exit events the list to LOGDIR/rank<RANK>.json;
 - VITKIT_TEST_STOP_AFTER_EPOCH=K: the run stops (KeyboardInterrupt, as if interrupted) once
   every rank has finished epoch K and rank 0 has written its checkpoint.
 
@@ -16,13 +16,13 @@ import os
 import sys
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-PATH_EVENTS = {"os.rename": (0, 1), "os.replace": (0, 1), "os.mkdir": (0,), "os.remove": (0,),
+PATH_EVENTS = {"os.rename": (0, 1), "os.mkdir": (0,), "os.remove": (0,),  # os.replace raises os.rename
                "os.rmdir": (0,), "tempfile.mkstemp": (0,), "shutil.rmtree": (0,)}
 
 
-def _record_writes(watched: str, log_dir: str) -> None:
+def _record_file_access(watched: str, log_dir: str) -> None:
     watched = os.path.realpath(watched)
-    writes = []
+    events = []
     recording = [True]
 
     def inside(path) -> bool:
@@ -37,19 +37,19 @@ def _record_writes(watched: str, log_dir: str) -> None:
         if event == "open":
             path, mode, flags = args
             writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & WRITE_FLAGS)
-            if writing and inside(path):
-                writes.append(f"open {os.fsdecode(path)}")
+            if inside(path):
+                events.append(f"{'write' if writing else 'read'} {os.fsdecode(path)}")
         elif event in PATH_EVENTS:
             paths = [args[i] for i in PATH_EVENTS[event]]
             if any(isinstance(p, (str, bytes, os.PathLike)) and inside(p) for p in paths):
-                writes.append(f"{event} {' '.join(os.fsdecode(p) for p in paths)}")
+                events.append(f"{event} {' '.join(os.fsdecode(p) for p in paths)}")
 
     sys.addaudithook(hook)
 
     def dump():
         recording[0] = False
         with open(os.path.join(log_dir, f"rank{os.environ['RANK']}.json"), "w") as f:
-            json.dump(writes, f)
+            json.dump(events, f)
 
     atexit.register(dump)
 
@@ -72,6 +72,6 @@ def _stop_after(epoch_count: int) -> None:
 
 if "RANK" in os.environ:
     if os.environ.get("VITKIT_TEST_WATCH"):
-        _record_writes(os.environ["VITKIT_TEST_WATCH"], os.environ["VITKIT_TEST_WRITES"])
+        _record_file_access(os.environ["VITKIT_TEST_WATCH"], os.environ["VITKIT_TEST_LOG"])
     if os.environ.get("VITKIT_TEST_STOP_AFTER_EPOCH"):
         _stop_after(int(os.environ["VITKIT_TEST_STOP_AFTER_EPOCH"]))
