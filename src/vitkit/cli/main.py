@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from vitkit.errors import VitkitError
@@ -65,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except VitkitError as e:
         if getattr(args, "debug", False):
             raise
-        print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
+        # Under torchrun each process that meets the error prints it; say which one.
+        rank = f" (rank {os.environ['RANK']})" if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""
+        print(f"vitkit {args.command}: error{rank}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
