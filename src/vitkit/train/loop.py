@@ -409,7 +409,7 @@ class Trainer:
             return True
         if self.cfg.skip_nonfinite:
             return False
-        raise self._diverged(epoch, step, float(loss))
+        raise self._diverged(epoch, step, float(loss.detach()))
 
     def _raise_if_diverged(self) -> None:
         if int(self.first_bad_step) >= 0:
