@@ -85,7 +85,7 @@ def test_the_cli_prints_the_non_finite_loss_as_one_line_and_exits_2(data, tmp_pa
     assert not (out / "checkpoints/last.safetensors").exists()
 
 
-def test_skip_nonfinite_skips_the_update_leaves_the_weights_and_counts_it(data, tmp_path, monkeypatch):
+def test_skip_nonfinite_skips_the_update_leaves_the_weights_and_counts_it(data, tmp_path, monkeypatch, capsys):
     # Steps 5 and 30: the third update of epoch 1 and the fifth of epoch 2 (two steps each).
     poison_losses(monkeypatch, {5, STEPS_PER_EPOCH + 9})
     unchanged = []
@@ -102,8 +102,10 @@ def test_skip_nonfinite_skips_the_update_leaves_the_weights_and_counts_it(data, 
 
     monkeypatch.setattr(Trainer, "_update", update)
     out = tmp_path / "run"
-    summary = loop.train(tiny_config(data, out, skip_nonfinite=True), quiet=True)
+    summary = loop.train(tiny_config(data, out, skip_nonfinite=True))
     assert unchanged == [True, True]
+    epoch_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert [line.endswith("s  skipped 1 update") for line in epoch_lines] == [True, True, False]
     assert summary["skipped_updates"] == 2 and summary["epochs"] == 3
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["skipped_updates"] for h in history] == [1, 1, 0]

@@ -163,24 +163,27 @@ def test_a_finished_run_without_its_last_checkpoint_is_not_restarted(data, refer
         resume(out)
 
 
-def test_sigterm_writes_a_checkpoint_and_stops_with_a_resumable_message(data, reference, tmp_path, monkeypatch):
+# SIGTERM is a scheduler's preemption notice; SIGINT (Ctrl-C) does the same.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_writes_a_checkpoint_and_stops_with_a_resumable_message(data, reference, tmp_path, monkeypatch,
+                                                                         signum):
     out = tmp_path / "run"
     original = Trainer._update
 
-    def update_then_sigterm(self, *args):
+    def update_then_signal(self, *args):
         applied = original(self, *args)
         if self.progress["update"] == 16:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return applied
 
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_update", update_then_sigterm)
+        patch.setattr(Trainer, "_update", update_then_signal)
         with pytest.raises(StoppedBySignal) as stopped:
             train(tiny_config(data, out), quiet=True)
-    assert stopped.value.signal_number == signal.SIGTERM
+    assert stopped.value.signal_number == signum
     assert str(stopped.value) == (
-        f"stopped by SIGTERM at epoch 2 step 10/21; checkpoint written to {out}/checkpoints/last.safetensors; "
+        f"stopped by {signum.name} at epoch 2 step 10/21; checkpoint written to {out}/checkpoints/last.safetensors; "
         f"continue with `vitkit train --resume --out {out}`")
     assert progress(out / "checkpoints/last.safetensors")["update"] == 16  # not a multiple of 3
     # The handlers are the process's own again.

@@ -1,8 +1,10 @@
 """The training loop: in-memory data on the device, batched augmentation, per-step LR schedule,
-per-epoch validation and checkpoints, exact resume.
+per-epoch validation and checkpoints (and every N updates with --checkpoint-every), exact
+resume, a clean stop on SIGTERM, and no non-finite weights ever saved (docs/reliability.md).
 
-No host-device synchronisation inside an epoch: losses and accuracies accumulate in device
-tensors and are read once per epoch.
+No host-device synchronisation inside an epoch: losses, accuracies and the first non-finite
+loss accumulate in device tensors and are read at epoch ends and checkpoints. (With
+--skip-nonfinite every step's loss is read, to decide whether to skip it.)
 """
 
 from __future__ import annotations
@@ -517,9 +519,11 @@ class Trainer:
                 stats.update(epoch=epoch + 1, lr=self.optimizer.param_groups[0]["lr"],
                              seconds=round(p["train_seconds"], 3))
                 self._end_epoch(epoch, stats)
-                bar.set_postfix(loss=f"{stats['train_loss']:.3f}", val_acc=f"{stats['val_acc']:.4f}")
+                k = stats["skipped_updates"]
+                bar.set_postfix(loss=f"{stats['train_loss']:.3f}", val_acc=f"{stats['val_acc']:.4f}",
+                                **({"skipped": k} if k else {}))
                 if bar.disable and not self.quiet:
-                    skipped = f"  skipped {stats['skipped_updates']} updates" if stats["skipped_updates"] else ""
+                    skipped = f"  skipped {k} update{'s' if k > 1 else ''}" if k else ""
                     self.say(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {stats['train_loss']:.4f}  "
                              f"val_acc {stats['val_acc']:.4f}  {stats['seconds']:.1f}s{skipped}")
                 if self._should_stop():
