@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from vitkit.cli.main import build_parser
 from vitkit.cli.train_cmd import build_config
 from vitkit.errors import ConfigError
+from vitkit.formats.native import read_header
 from vitkit.train import TrainConfig, Trainer, train
 from vitkit.train.distributed import Distributed, rank_seed
 
@@ -183,6 +184,61 @@ def test_a_checkpoint_resumes_with_another_number_of_processes(tmp_path, data, m
     assert_same_history(history(run), history(straight))
 
 
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_update_and_one_process_continues(
+        tmp_path, data, one_process):
+    """Only rank 1 gets the signal (its machine is preempted); the ranks agree to stop after
+    that update, rank 0 writes a mid-epoch checkpoint, and one process finishes the run."""
+    run = tmp_path / "run"
+    result = torchrun(tmp_path, "--data", str(data), "--out", str(run), *FLAGS, check=False,
+                      env={"VITKIT_TEST_SIGTERM_AT_UPDATE": "2"})
+    assert result.returncode != 0
+    for rank in (0, 1):
+        assert f"vitkit train (rank {rank}): stopped by SIGTERM at epoch 1 step 4/8;" in result.stderr
+    saved = json.loads(read_header(run / "checkpoints" / "last.safetensors")["train_state"])["progress"]
+    assert (saved["epoch"], saved["step"], saved["update"]) == (0, 4, 2)
+
+    train(TrainConfig(out=str(run)), resume=True, quiet=True)
+    assert_close_states(last_state(run), last_state(one_process))
+    assert_same_history(history(run), history(one_process))
+
+
+def poison_third_loss(monkeypatch) -> None:
+    """In this process, as VITKIT_TEST_NAN_AT_STEP=3 does on rank 1: the third loss is NaN."""
+    import vitkit.train.loop as loop
+
+    real_loss, calls = loop.soft_cross_entropy, [0]
+
+    def loss(logits, targets):
+        calls[0] += 1
+        return real_loss(logits, targets) * (float("nan") if calls[0] == 3 else 1.0)
+
+    monkeypatch.setattr(loop, "soft_cross_entropy", loss)
+
+
+def test_a_nan_loss_on_one_rank_is_skipped_by_every_rank(tmp_path, data, monkeypatch):
+    reference = tmp_path / "one"
+    poison_third_loss(monkeypatch)
+    train(cli_config(data, reference, "--skip-nonfinite"), quiet=True)
+    run = tmp_path / "run"
+    result = torchrun(tmp_path, "--data", str(data), "--out", str(run), *FLAGS, "--skip-nonfinite",
+                      env={"VITKIT_TEST_NAN_AT_STEP": "3"})
+    summary = json.loads(result.stdout)
+    assert summary["skipped_updates"] == 1
+    assert_close_states(last_state(run), last_state(reference))
+    assert_same_history(history(run), history(reference))
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank(tmp_path, data):
+    run = tmp_path / "run"
+    result = torchrun(tmp_path, "--data", str(data), "--out", str(run), *FLAGS, check=False,
+                      env={"VITKIT_TEST_NAN_AT_STEP": "3"})
+    assert result.returncode != 0
+    for rank in (0, 1):
+        assert (f"vitkit train: error (rank {rank}): the training loss became nan at epoch 1 step 3/8; "
+                "stopped without saving; no checkpoint was written yet") in result.stderr
+    assert not (run / "checkpoints" / "last.safetensors").exists()
+
+
 def test_each_rank_takes_a_contiguous_part_of_every_global_batch():
     batch = torch.arange(10, 17)
     parts = [Distributed(rank, 3, rank, active=True).shard(batch) for rank in range(3)]
@@ -202,6 +258,7 @@ def test_each_rank_has_its_own_random_stream_whatever_the_world_size():
     (dict(fsdp=True, ema=0.99), "--ema"),
     (dict(batch_size=1), "smaller than the 2 processes"),
     (dict(adversarial="fgsm"), "not supported under torchrun"),
+    (dict(fsdp=True, skip_nonfinite=True, accum_steps=2), "needs --accum-steps 1"),
 ])
 def test_what_cannot_work_across_processes_is_refused_in_one_line(changes, message):
     with pytest.raises(ConfigError, match=message) as error:

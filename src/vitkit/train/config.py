@@ -22,6 +22,7 @@ FREEZE = ("none", "backbone")
 RECIPES = ("default", "finetune")
 DISTILL = ("none", "soft", "hard")
 ADVERSARIAL = ("none", "fgsm", "pgd")
+SELECT = ("last", "best")
 
 
 @dataclass
@@ -51,6 +52,14 @@ class TrainConfig:
     accum_steps: int = 1
     ema: float = 0.0
     early_stop: int = 0
+    # The run's result: "last" (the model when training ends) or "best" (best validation
+    # accuracy); None picks best with early stopping, else last (train/auto.py).
+    select: str | None = None
+    # Also write checkpoints/last.safetensors every N optimiser updates (0: at epoch ends only),
+    # so a killed run loses at most N updates (docs/reliability.md).
+    checkpoint_every: int = 0
+    # Skip an update whose loss (or clipped gradient norm) is NaN/inf instead of stopping.
+    skip_nonfinite: bool = False
 
     augment: dict[str, Any] = field(default_factory=dict)
 
@@ -100,12 +109,13 @@ class TrainConfig:
         choice("recipe", RECIPES)
         choice("distill", DISTILL)
         choice("adversarial", ADVERSARIAL)
+        choice("select", SELECT)
         positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size")
         for name in positive:
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
-        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop")
+        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop", "checkpoint_every")
         for name in nonneg:
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -10,6 +10,8 @@ Under torchrun:
   averaging of the gradients gives the mean over the global batch, whatever the world size;
 - metrics are summed across ranks once per epoch; validation is split across the ranks and
   summed, so every rank sees the same numbers and takes the same decisions;
+- what stops or skips a step (a NaN/inf loss on any rank, a signal to any rank) is decided by
+  all ranks together, so that none waits forever for another that has left;
 - only rank 0 writes files; checkpoints hold the full, unsharded model and optimiser state in
   the single-process layout, so a run saved with N processes resumes with M;
 - rank 0 keeps the single-process random stream (seed, then the checkpointed state); every other
@@ -33,6 +35,7 @@ from vitkit.errors import CheckpointError, ConfigError, VitkitError
 from vitkit.evaluate.classification import autocast
 from vitkit.evaluate.preprocess import prepare_images
 from vitkit.formats import apply_state
+from vitkit.models.vit import VisionTransformer
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -67,6 +70,7 @@ class Distributed:
 
     def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, active: bool = False):
         self.rank, self.world_size, self.local_rank, self.active = rank, world_size, local_rank, active
+        self.tensor_device = torch.device("cpu")  # where the small tensors of decisions live
         self.fsdp = False
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self.sharded: torch.nn.Module | None = None
@@ -107,6 +111,10 @@ class Distributed:
         if cfg.fsdp and cfg.ema > 0:
             raise ConfigError("--ema keeps a full copy of the weights on every process, which --fsdp "
                               "does not; leave out --ema or --fsdp")
+        if cfg.fsdp and cfg.skip_nonfinite and cfg.accum_steps > 1:
+            raise ConfigError("--skip-nonfinite with --fsdp needs --accum-steps 1: FSDP2 would keep the "
+                              "unreduced gradients of an accumulated batch whose last step is skipped "
+                              "and add them to the next batch")
         if cfg.batch_size is not None and cfg.batch_size < self.world_size:
             raise ConfigError(f"--batch-size {cfg.batch_size} (the global batch) is smaller than the "
                               f"{self.world_size} processes; each needs at least one image per step")
@@ -122,7 +130,8 @@ class Distributed:
                               "use --device cuda, cpu or auto")
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        return torch.device("cuda", self.local_rank)
+        self.tensor_device = torch.device("cuda", self.local_rank)
+        return self.tensor_device
 
     # ------------------------------------------------------------------ the model
     def wrap(self, model: torch.nn.Module, fsdp: bool) -> torch.nn.Module:
@@ -168,6 +177,32 @@ class Distributed:
         if self.active:
             for tensor in tensors:
                 dist.all_reduce(tensor)
+
+    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """A copy of `value` summed over the ranks (`value` itself in one process). A sum of
+        losses is finite only if every rank's is."""
+        if not self.active:
+            return value
+        total = value.clone()
+        dist.all_reduce(total)
+        return total
+
+    def max_over_ranks(self, value: int) -> int:
+        if not self.active:
+            return value
+        tensor = torch.tensor(value, device=self.tensor_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor)
+
+    def all_finite(self, tensors: list[torch.Tensor]) -> bool:
+        """Whether every value of `tensors` is finite, on every rank (each checks its shards)."""
+        from torch.distributed.tensor import DTensor
+
+        local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+        finite = torch.stack([torch.isfinite(t).all() for t in local]).all()
+        if not self.active:
+            return bool(finite)
+        return self.max_over_ranks(int(not finite)) == 0
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -233,28 +268,41 @@ class Distributed:
                 dist.broadcast(tensor, src=0)
 
     # ------------------------------------------------------------------ checkpoints
-    def full_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-                   ) -> tuple[dict | None, dict | None]:
-        """(model state, optimiser state) in the single-process layout (optimiser state keyed by
-        parameter index) on rank 0, (None, None) elsewhere. FSDP gathers the shards to rank 0's
-        CPU, a collective every rank must join; DDP's rank 0 already holds everything."""
+    # The full states are gathered to rank 0's CPU under FSDP, a collective every rank must
+    # join; with DDP (and in one process) rank 0 holds them already. Other ranks get None.
+    def full_model_state(self, model: torch.nn.Module) -> dict | None:
         if not self.fsdp:
-            if not self.is_main:
-                return None, None
-            return model.state_dict(), optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+            return model.state_dict() if self.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state = get_model_state_dict(model, options=options)
-        optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if self.is_main else None
+
+    def full_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+        """In the single-process layout: `Optimizer.state_dict()`'s, keyed by parameter index."""
+        if not self.fsdp:
+            return optimizer.state_dict() if self.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        state = get_optimizer_state_dict(model, optimizer,
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not self.is_main:
-            return None, None
+            return None
         index = {name: i for i, name in enumerate(parameter_names(model, optimizer))}
-        return model_state, {
-            "state": {index[name]: slots for name, slots in optimizer_state["state"].items()},
-            "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
-                             for group in optimizer_state["param_groups"]]}
+        return {"state": {index[name]: slots for name, slots in state["state"].items()},
+                "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                                 for group in state["param_groups"]]}
+
+    def unsharded(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """The model itself, or under FSDP a full copy on rank 0's CPU (None elsewhere)."""
+        if not self.fsdp:
+            return model
+        state = self.full_model_state(model)
+        if state is None:
+            return None
+        full = VisionTransformer(model.config)
+        full.load_state_dict(state)
+        return full
 
     def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    model_state: dict | None, optimizer_state: dict | None, source: str) -> None:

@@ -5,7 +5,10 @@ their PYTHONPATH), so that they run the real `torchrun ... -m vitkit train` comm
   files under DIR (files opened for reading or writing, temporary files, renames, new folders,
   deletions) and on exit events the list to LOGDIR/rank<RANK>.json;
 - VITKIT_TEST_STOP_AFTER_EPOCH=K: the run stops (KeyboardInterrupt, as if interrupted) once
-  every rank has finished epoch K and rank 0 has written its checkpoint.
+  every rank has finished epoch K and rank 0 has written its checkpoint;
+- VITKIT_TEST_SIGTERM_AT_UPDATE=K: rank 1 alone sends itself SIGTERM during its K-th optimiser
+  update (as if only its machine were being preempted);
+- VITKIT_TEST_NAN_AT_STEP=K: rank 1 alone gets a NaN loss at its K-th loss computation.
 
 Only torchrun's workers (RANK set) are touched; torchrun's own agent process is left alone.
 """
@@ -70,8 +73,43 @@ def _stop_after(epoch_count: int) -> None:
     Trainer._end_epoch = end_then_stop
 
 
+def _sigterm_at_update(update: int) -> None:
+    import signal
+
+    from vitkit.train.loop import Trainer
+
+    real_update = Trainer._update
+    calls = [0]
+
+    def update_then_signal(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == update:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_update(self, *args, **kwargs)
+
+    Trainer._update = update_then_signal
+
+
+def _nan_at_step(step: int) -> None:
+    import vitkit.train.loop as loop
+
+    real_loss = loop.soft_cross_entropy
+    calls = [0]
+
+    def loss(logits, targets):
+        calls[0] += 1
+        value = real_loss(logits, targets)
+        return value * float("nan") if calls[0] == step else value
+
+    loop.soft_cross_entropy = loss
+
+
 if "RANK" in os.environ:
     if os.environ.get("VITKIT_TEST_WATCH"):
         _record_file_access(os.environ["VITKIT_TEST_WATCH"], os.environ["VITKIT_TEST_LOG"])
     if os.environ.get("VITKIT_TEST_STOP_AFTER_EPOCH"):
         _stop_after(int(os.environ["VITKIT_TEST_STOP_AFTER_EPOCH"]))
+    if os.environ["RANK"] == "1" and os.environ.get("VITKIT_TEST_SIGTERM_AT_UPDATE"):
+        _sigterm_at_update(int(os.environ["VITKIT_TEST_SIGTERM_AT_UPDATE"]))
+    if os.environ["RANK"] == "1" and os.environ.get("VITKIT_TEST_NAN_AT_STEP"):
+        _nan_at_step(int(os.environ["VITKIT_TEST_NAN_AT_STEP"]))
