@@ -1,5 +1,6 @@
-"""The training loop: in-memory data on the device, batched augmentation, per-step LR schedule,
-per-epoch validation and checkpoints, exact resume.
+"""The training loop: in-memory data on the device (or a shard folder streamed through a
+DataLoader), batched augmentation, per-step LR schedule, per-epoch validation and checkpoints,
+exact resume.
 
 No host-device synchronisation inside an epoch: losses and accuracies accumulate in device
 tensors and are read once per epoch.
@@ -21,8 +22,9 @@ from tqdm import tqdm
 from vitkit.data import load_data
 from vitkit.data.augment import AugmentConfig, Augmenter
 from vitkit.data.dataset import training_subset
+from vitkit.data.shards import ShardBatches, is_shard_folder, load_batches, open_shards
 from vitkit.errors import CheckpointError, ConfigError
-from vitkit.evaluate.classification import autocast, classification_metrics, predict_logits
+from vitkit.evaluate.classification import autocast, classification_metrics, predict_batches, predict_logits
 from vitkit.evaluate.preprocess import normalize, resize_images
 from vitkit.formats import apply_state
 from vitkit.formats import load as load_checkpoint
@@ -48,6 +50,12 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The permutation of the n training images for one epoch, a function of (seed, epoch) only."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator)
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def pick_device(name: str) -> torch.device:
@@ -120,9 +128,16 @@ class Trainer:
         if resume:
             cfg = self.run_dir.read_config()
         self.device = pick_device(cfg.device)
-        self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
-                              test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
-        self.data.train = training_subset(self.data.train, cfg.train_fraction, cfg.split_seed)
+        self.rank, self.world_size = rank_and_world_size()
+        # A shard folder streams: its images stay on disk and are decoded batch by batch.
+        self.streaming = is_shard_folder(cfg.data)
+        if self.streaming:
+            self.data = open_shards(cfg.data)
+            cfg = self._fixed_split(cfg)
+        else:
+            self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
+                                  test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
+            self.data.train = training_subset(self.data.train, cfg.train_fraction, cfg.split_seed)
         for note in self.data.notes:
             # Warnings print even with --quiet: they say something was left out.
             tqdm.write(f"warning: {note}", file=sys.stderr)
@@ -158,8 +173,9 @@ class Trainer:
         self.forward = torch.compile(self.model) if self.cfg.compile else self.model
         self.objective = build_objective(self.cfg, self.model, self.device, self.precision)
 
-        n = len(self.data.train)
-        self.steps_per_epoch = math.ceil(n / self.cfg.batch_size)
+        # Images this rank trains on per epoch; streamed, every rank takes the same number.
+        self.train_count = len(self.data.train) // (self.world_size if self.streaming else 1)
+        self.steps_per_epoch = math.ceil(self.train_count / self.cfg.batch_size)
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / self.cfg.accum_steps)
         self.total_updates = self.updates_per_epoch * self.cfg.epochs
         self.warmup_updates = round(self.cfg.warmup_epochs * self.updates_per_epoch)
@@ -174,6 +190,19 @@ class Trainer:
     def say(self, message: str) -> None:
         if not self.quiet:
             tqdm.write(message, file=sys.stderr)
+
+    def _fixed_split(self, cfg: TrainConfig) -> TrainConfig:
+        """Shards hold the split `vitkit shard` made; the run records that one."""
+        if cfg.train_fraction < 1.0:
+            raise ConfigError("train_fraction needs data read into memory; to train on part of a shard folder, "
+                              "shard that part with `vitkit shard`")
+        made = self.data.index["split"]
+        fixed = cfg.replace(split_seed=made["seed"], val_fraction=made["val_fraction"],
+                            test_fraction=made["test_fraction"])
+        if fixed != cfg:
+            self.say(f"note: the shards fix the split (made by vitkit shard with seed {made['seed']}, val fraction "
+                     f"{made['val_fraction']}, test fraction {made['test_fraction']}); this run records it")
+        return fixed
 
     def _restore(self) -> None:
         path = self.run_dir.last_checkpoint
@@ -203,19 +232,44 @@ class Trainer:
         return shadow
 
     # ------------------------------------------------------------------ the loop
-    def epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images, labels) on the device, one training step each. The order depends only
-        on (seed, epoch), never on the global RNG, so a resumed run (and every rank of a
-        distributed one) can rebuild any epoch's batches."""
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels) on the device, one training step each, from step `start_step`
+        on. The order depends only on (seed, epoch), never on the global RNG, so a resumed run
+        (and every rank of a distributed one) can rebuild any epoch's batches."""
+        if self.streaming:
+            yield from self._streamed_batches(epoch, start_step)
+            return
         order = epoch_order(self.cfg.seed, epoch, self.train_labels.shape[0]).to(self.device)
         batch = self.cfg.batch_size
-        for step in range(self.steps_per_epoch):
+        for step in range(start_step, self.steps_per_epoch):
             index = order[step * batch:(step + 1) * batch]
             yield self.train_images[index], self.train_labels[index]
 
+    def _streamed_batches(self, epoch: int, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The same contract from a shard folder: decoded by `workers` DataLoader processes at
+        the model's input size; the shard order and shuffle buffer are seeded by (seed, epoch)."""
+        cfg = self.model.config
+        batches = ShardBatches(self.data.train, batch_size=self.cfg.batch_size, image_size=cfg.image_size,
+                               channels=cfg.in_chans, shuffle=True, seed=self.cfg.seed, epoch=epoch,
+                               buffer_size=self.cfg.shuffle_buffer, rank=self.rank, world_size=self.world_size,
+                               start_batch=start_step)
+        for images, labels in load_batches(batches, self.cfg.workers, pin_memory=self.device.type == "cuda"):
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def split_logits(self, model: VisionTransformer, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of a whole split; streamed splits are decoded batch by batch."""
+        if not self.streaming:
+            images = self.data.split(split)
+            return predict_logits(model, images.images, self.cfg.eval_batch_size, self.precision), images.labels
+        cfg = model.config
+        batches = ShardBatches(self.data.split(split), batch_size=self.cfg.eval_batch_size,
+                               image_size=cfg.image_size, channels=cfg.in_chans)
+        return predict_batches(model, load_batches(batches, self.cfg.workers, pin_memory=self.device.type == "cuda"),
+                               self.precision)
+
     def train_epoch(self, epoch: int, bar) -> dict:
         self.model.train()
-        n = self.train_labels.shape[0]
+        n = self.train_count
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         accum, batch = self.cfg.accum_steps, self.cfg.batch_size
@@ -237,7 +291,7 @@ class Trainer:
             correct += (logits.detach().argmax(1) == targets.argmax(1)).sum()
             if (step + 1) % accum == 0 or step + 1 == self.steps_per_epoch:
                 self._update(epoch)
-            bar.update(1)
+            bar.update(labels.shape[0])
         return {"train_loss": float(loss_sum) / n, "train_acc": float(correct) / n}
 
     def _update(self, epoch: int) -> None:
@@ -256,25 +310,19 @@ class Trainer:
         self.progress["update"] += 1
 
     def validate(self) -> dict:
-        model = self._eval_model()
-        logits = predict_logits(model, self.data.val.images, self.cfg.eval_batch_size, self.precision)
-        labels = self.data.val.labels.to(logits.device)
+        logits, labels = self.split_logits(self._eval_model(), "val")
+        labels = labels.to(logits.device)
         return {"val_loss": float(F.cross_entropy(logits, labels)),
                 "val_acc": classification_metrics(logits, labels)["top1"]}
 
     def run(self) -> dict:
-        images = self.data.train.images.to(self.device)
-        cfg = self.model.config
-        if tuple(images.shape[1:]) != (cfg.in_chans, *cfg.image_size):
-            # Resized once, kept as uint8: each step then only slices and augments.
-            images = torch.cat([resize_images(images[i:i + 1024], cfg).mul_(255).round_().to(torch.uint8)
-                                for i in range(0, images.shape[0], 1024)])
-        self.train_images = images
-        self.train_labels = self.data.train.labels.to(self.device)
+        if not self.streaming:
+            self._hold_train_images()
         start = self.progress["epoch"]
-        total = self.cfg.epochs * self.steps_per_epoch
-        bar = tqdm(total=total, initial=start * self.steps_per_epoch, unit="step", dynamic_ncols=True,
-                   disable=True if self.quiet else None, file=sys.stderr, desc="train")
+        # Counting images, so the bar shows images/s.
+        bar = tqdm(total=self.cfg.epochs * self.train_count, initial=start * self.train_count, unit="img",
+                   unit_scale=True, dynamic_ncols=True, disable=True if self.quiet else None, file=sys.stderr,
+                   desc="train")
         with bar:
             for epoch in range(start, self.cfg.epochs):
                 if self.progress["bad_epochs"] >= self.cfg.early_stop > 0:
@@ -291,6 +339,16 @@ class Trainer:
                     self.say(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {stats['train_loss']:.4f}  "
                              f"val_acc {stats['val_acc']:.4f}  {stats['seconds']:.1f}s")
         return self.finish()
+
+    def _hold_train_images(self) -> None:
+        images = self.data.train.images.to(self.device)
+        cfg = self.model.config
+        if tuple(images.shape[1:]) != (cfg.in_chans, *cfg.image_size):
+            # Resized once, kept as uint8: each step then only slices and augments.
+            images = torch.cat([resize_images(images[i:i + 1024], cfg).mul_(255).round_().to(torch.uint8)
+                                for i in range(0, images.shape[0], 1024)])
+        self.train_images = images
+        self.train_labels = self.data.train.labels.to(self.device)
 
     def _end_epoch(self, epoch: int, stats: dict) -> None:
         p = self.progress
@@ -309,8 +367,7 @@ class Trainer:
 
     def finish(self) -> dict:
         best = load_checkpoint(self.run_dir.best_checkpoint).to(self.device)
-        logits = predict_logits(best, self.data.test.images, self.cfg.eval_batch_size, self.precision)
-        test = classification_metrics(logits, self.data.test.labels)
+        test = classification_metrics(*self.split_logits(best, "test"))
         history = self.progress["history"]
         summary = {
             "test_acc": test["top1"],
