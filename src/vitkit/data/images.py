@@ -164,7 +164,7 @@ def progress(items: Sequence, description: str, quiet: bool) -> Iterator:
     return iter(progress_bar(len(items), description, quiet, items))
 
 
-def progress_bar(total: int, description: str, quiet: bool, items: Sequence | None = None) -> tqdm:
+def progress_bar(total: int | None, description: str, quiet: bool, items: Sequence | None = None) -> tqdm:
     """The same bar counting images (it shows images/s), advanced by `update(n)`."""
     return tqdm(items, total=total, desc=description, unit="img", file=sys.stderr,
                 disable=quiet or not sys.stderr.isatty(), leave=False)

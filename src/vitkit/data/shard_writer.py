@@ -30,7 +30,8 @@ from vitkit.data.folders import find_split_files
 from vitkit.data.images import (DEFAULT_MAX_IMAGE_PIXELS, BadImage, ImageHeader, Size, describe_bad,
                                 most_common_size, pixel_limit, progress, progress_bar, raise_if_bad, read_header,
                                 read_pixels)
-from vitkit.data.shards import FORMAT, FORMAT_VERSION, INDEX_NAME, SPLITS, ShardFile, is_shard_folder
+from vitkit.data.shards import (FORMAT, FORMAT_VERSION, INDEX_NAME, SPLITS, ShardFile, is_shard_folder,
+                                read_whole_shard)
 from vitkit.data.sources import check_split_options, load_data
 from vitkit.errors import ConfigError, DataError
 from vitkit.io import atomic_path, write_json
@@ -91,27 +92,71 @@ def shard_data(source: str | os.PathLike, out: str | os.PathLike, *, shard_size:
     for stale in set(p.name for p in out.iterdir() if _SHARD_NAME.match(p.name)) - \
             {shard.name for shards in written.values() for shard in shards}:
         (out / stale).unlink()
-    index = {
+    index = _index(str(folder.resolve()) if is_folder else spec, names, channels, sizes, max_image_pixels,
+                   {"seed": split_seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "given": given},
+                   notes, {name: ([item.label for item in splits[name]], shards) for name, shards in written.items()})
+    write_json(out / INDEX_NAME, index)
+    return index
+
+
+def index_shards(root: str | os.PathLike, class_names: list[str] | None = None, *,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, quiet: bool = False) -> dict:
+    """Write dataset.json for shards another tool wrote in the same layout (e.g. webdataset's
+    ShardWriter): `{train,val,test}-*.tar` in `root`, each sample an image and a `.cls` label.
+    Every sample is read once (labels checked, image headers read for the sizes, nothing
+    decoded). Without `class_names` the classes are named 0..largest label."""
+    root = Path(root).expanduser()
+    found = {split: sorted(root.glob(f"{split}-*.tar")) for split in SPLITS}
+    if not found["train"]:
+        raise DataError(f"no train-*.tar shards in {root}; name the shards train-000000.tar, val-..., test-...")
+    labels: dict[str, list[int]] = {split: [] for split in SPLITS}
+    headers: list[ImageHeader] = []
+    shards: dict[str, list[ShardFile]] = {split: [] for split in SPLITS}
+    limit = len(class_names) if class_names else None
+    with pixel_limit(max_image_pixels), progress_bar(None, "indexing shards", quiet) as bar:
+        for split, paths in found.items():
+            for path in paths:
+                count = 0
+                for sample in read_whole_shard(path, limit):
+                    try:
+                        headers.append(read_header(io.BytesIO(sample.data)))
+                    except BadImage as err:
+                        raise DataError(f"shard {path}: sample {sample.key}.{sample.extension} is not a readable "
+                                        f"image ({err})") from None
+                    labels[split].append(sample.label)
+                    count += 1
+                    bar.update(1)
+                shards[split].append(ShardFile(path.name, count, path.stat().st_size))
+    names = list(class_names) if class_names else [str(i) for i in range(max(max(v, default=0) for v in labels.values()) + 1)]
+    sizes = [header.size for header in headers]
+    index = _index(str(root), names, 1 if all(h.grey for h in headers) else 3, sizes, max_image_pixels,
+                   {"seed": None, "val_fraction": None, "test_fraction": None, "given": [s for s in SPLITS if found[s]]},
+                   [], {split: (labels[split], shards[split]) for split in SPLITS})
+    write_json(root / INDEX_NAME, index)
+    return index
+
+
+def _index(source: str, names: list[str], channels: int, sizes: list[Size], max_image_pixels: int | None,
+           split: dict, notes: list[str], contents: dict[str, tuple[list[int], list[ShardFile]]]) -> dict:
+    """dataset.json: what a reader needs to plan an epoch and a model needs to be picked,
+    without opening a shard."""
+    return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "source": str(folder.resolve()) if is_folder else spec,
+        "source": source,
         "class_names": names,
         "channels": channels,
         "image_size": list(most_common_size(sizes)),
         "image_sizes": {"distinct": len(set(sizes)), "smallest": list(min(sizes, key=_area)),
                         "largest": list(max(sizes, key=_area))},
         "max_image_pixels": max_image_pixels,
-        "split": {"seed": split_seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                  "given": given},
+        "split": split,
         "notes": notes,
-        "splits": {name: {"samples": len(splits[name]),
-                          "class_counts": np.bincount([item.label for item in splits[name]],
-                                                      minlength=len(names)).tolist(),
+        "splits": {name: {"samples": len(labels),
+                          "class_counts": np.bincount(labels, minlength=len(names)).tolist() if labels else [0] * len(names),
                           "shards": [{"file": s.name, "samples": s.samples, "bytes": s.bytes} for s in shards]}
-                   for name, shards in written.items()},
+                   for name, (labels, shards) in contents.items()},
     }
-    write_json(out / INDEX_NAME, index)
-    return index
 
 
 def _area(size: Size) -> tuple[int, int, int]:
@@ -205,4 +250,4 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-__all__ = ["DEFAULT_SHARD_SIZE", "shard_data", "write_shard"]
+__all__ = ["DEFAULT_SHARD_SIZE", "index_shards", "shard_data", "write_shard"]

@@ -206,11 +206,11 @@ def read_shard(path: Path, first: int, stop: int, wanted: np.ndarray, num_classe
     offset = -1
     try:
         with tarfile.open(path, "r:") as tar:
-            for offset, key, members in _samples_of(tar):
+            for offset, key, members in tar_samples(tar):
                 if offset > last:
                     return
                 if offset >= first and wanted[offset - first]:
-                    yield offset, _encoded(tar, path, key, members, num_classes)
+                    yield offset, encoded_sample(tar, path, key, members, num_classes)
     except (tarfile.TarError, OSError, EOFError) as err:
         where = f"after sample {offset}" if offset >= 0 else "at its start"
         raise DataError(f"shard {path} is damaged {where} ({err}); {_RESHARD_HINT}") from None
@@ -219,7 +219,17 @@ def read_shard(path: Path, first: int, stop: int, wanted: np.ndarray, num_classe
                         f"damaged; {_RESHARD_HINT}")
 
 
-def _samples_of(tar: tarfile.TarFile) -> Iterator[tuple[int, str, dict[str, tarfile.TarInfo]]]:
+def read_whole_shard(path: Path, num_classes: int | None = None) -> Iterator[EncodedSample]:
+    """Every sample of a shard, in file order, however many there are."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for _, key, members in tar_samples(tar):
+                yield encoded_sample(tar, path, key, members, num_classes)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"shard {path} is not a readable tar file ({err})") from None
+
+
+def tar_samples(tar: tarfile.TarFile) -> Iterator[tuple[int, str, dict[str, tarfile.TarInfo]]]:
     """(offset, key, extension -> member) per sample: adjacent regular files sharing a key."""
     offset, key, members = -1, None, {}
     for info in tar:
@@ -235,8 +245,8 @@ def _samples_of(tar: tarfile.TarFile) -> Iterator[tuple[int, str, dict[str, tarf
         yield offset, key, members
 
 
-def _encoded(tar: tarfile.TarFile, path: Path, key: str, members: dict[str, tarfile.TarInfo],
-             num_classes: int) -> EncodedSample:
+def encoded_sample(tar: tarfile.TarFile, path: Path, key: str, members: dict[str, tarfile.TarInfo],
+                   num_classes: int | None) -> EncodedSample:
     images = [ext for ext in members if ext in _IMAGE_EXTENSIONS]
     if len(images) != 1 or "cls" not in members:
         found = ", ".join(sorted(members))
@@ -246,7 +256,7 @@ def _encoded(tar: tarfile.TarFile, path: Path, key: str, members: dict[str, tarf
         label = int(text)
     except ValueError:
         raise DataError(f"shard {path}: sample {key} has label {text[:20]!r}, not a class index") from None
-    if not 0 <= label < num_classes:
+    if label < 0 or (num_classes is not None and label >= num_classes):
         raise DataError(f"shard {path}: sample {key} has label {label} but there are {num_classes} classes")
     return EncodedSample(key, images[0], tar.extractfile(members[images[0]]).read(), label, path.name)
 

@@ -196,7 +196,9 @@ class Trainer:
         if cfg.train_fraction < 1.0:
             raise ConfigError("train_fraction needs data read into memory; to train on part of a shard folder, "
                               "shard that part with `vitkit shard`")
-        made = self.data.index["split"]
+        made = self.data.index.get("split", {})
+        if made.get("seed") is None:  # shards another tool wrote: their split is as it is
+            return cfg
         fixed = cfg.replace(split_seed=made["seed"], val_fraction=made["val_fraction"],
                             test_fraction=made["test_fraction"])
         if fixed != cfg:
