@@ -323,7 +323,7 @@ class Trainer:
         start = self.progress["epoch"]
         # Counting images, so the bar shows images/s.
         bar = tqdm(total=self.cfg.epochs * self.train_count, initial=start * self.train_count, unit="img",
-                   unit_scale=True, dynamic_ncols=True, disable=True if self.quiet else None, file=sys.stderr,
+                   dynamic_ncols=True, disable=True if self.quiet else None, file=sys.stderr,
                    desc="train")
         with bar:
             for epoch in range(start, self.cfg.epochs):
