@@ -3,7 +3,9 @@
 buffer, decoding and resizing to the model input in DataLoader workers) for each worker count.
 
 The JPEGs are smooth colour fields with noise (about the size of ImageNet's: 500x375,
-quality 90), generated from a fixed seed; nothing is downloaded.
+quality 90), generated from a fixed seed; nothing is downloaded. Besides wall-clock images/s
+it reports the CPU time per image of the whole pipeline (this process plus its finished
+DataLoader workers), which says what one core sustains when the machine is shared.
 
     PYTHONPATH=src python benchmarks/shard_decode.py [--images 1000] [--workers 0,1,2] [--size 224]
 """
@@ -11,6 +13,7 @@ quality 90), generated from a fixed seed; nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
@@ -42,12 +45,19 @@ def write_photos(root: Path, count: int, width: int, height: int) -> int:
     return total
 
 
-def epoch_seconds(split, workers: int, size: int, batch: int, epoch: int) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (the DataLoader workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def epoch_seconds(split, workers: int, size: int, batch: int, epoch: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one epoch of the training stream."""
     batches = ShardBatches(split, batch_size=batch, image_size=size, channels=3, shuffle=True, epoch=epoch)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     seen = sum(labels.shape[0] for _, labels in load_batches(batches, workers))
     assert seen == len(split)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def main() -> None:
@@ -71,14 +81,20 @@ def main() -> None:
         log(f"vitkit shard: {args.images} images ({total_bytes / 2**20:.1f} MiB) in {shard_seconds:.1f} s")
         split = open_shards(out).train
         seconds: dict[int, list[float]] = {w: [] for w in workers}
+        cpu: dict[int, list[float]] = {w: [] for w in workers}
         for repeat in range(args.repeats):  # alternating, so a change of load hits every count alike
             for w in workers:
-                seconds[w].append(epoch_seconds(split, w, args.size, args.batch, repeat))
-                log(f"workers {w}: epoch {repeat}: {args.images / seconds[w][-1]:.0f} img/s")
+                wall, used = epoch_seconds(split, w, args.size, args.batch, repeat)
+                seconds[w].append(wall)
+                cpu[w].append(used)
+                log(f"workers {w}: epoch {repeat}: {args.images / wall:.0f} img/s, "
+                    f"{1000 * used / args.images:.2f} CPU ms/img")
     rows = {w: args.images / statistics.median(s) for w, s in seconds.items()}
+    cpu_ms = {w: 1000 * statistics.median(c) / args.images for w, c in cpu.items()}
     report = {"machine": machine_info(), "images": args.images, "source_size": [width, height],
               "mean_jpeg_bytes": total_bytes / args.images, "decoded_to": args.size, "batch": args.batch,
-              "shard_seconds": shard_seconds, "epoch_seconds": seconds, "images_per_second": rows}
+              "shard_seconds": shard_seconds, "epoch_seconds": seconds, "epoch_cpu_seconds": cpu,
+              "images_per_second": rows, "cpu_ms_per_image": cpu_ms}
     m = report["machine"]
     command = "PYTHONPATH=src python benchmarks/shard_decode.py " + " ".join(sys.argv[1:])
     lines = [f"# Streamed shard decoding\n",
@@ -88,8 +104,9 @@ def main() -> None:
              f"- {args.images} JPEGs of {width}x{height} (mean {total_bytes / args.images / 1024:.0f} KiB), "
              f"decoded and resized to {args.size}x{args.size} RGB, batches of {args.batch}, shuffle buffer on",
              f"- `vitkit shard` (check every image, write shards): {args.images / shard_seconds:.0f} img/s\n",
-             "| DataLoader workers | images/s (median of %d epochs) |" % args.repeats, "|---:|---:|"]
-    lines += [f"| {w} | {rows[w]:.0f} |" for w in workers]
+             f"| DataLoader workers | images/s (median of {args.repeats} epochs) | CPU ms per image | "
+             "images/s per core |", "|---:|---:|---:|---:|"]
+    lines += [f"| {w} | {rows[w]:.0f} | {cpu_ms[w]:.2f} | {1000 / cpu_ms[w]:.0f} |" for w in workers]
     write(args.name, report, "\n".join(lines))
 
 

@@ -386,17 +386,18 @@ class ShardBatches(IterableDataset):
         wanted = (batch_of >= self.start_batch) & ((batch_of - self.start_batch) % workers == worker)
         stream = self._read(wanted)
         held: dict[int, EncodedSample] = {}
-        with pixel_limit(self.split.max_image_pixels):
-            for j in mine:
-                members = order[j * batch:(j + 1) * batch]
-                last = int(members.max())
-                while last not in held:
-                    at, sample = next(stream)
-                    held[at] = sample
-                encoded = [held.pop(int(i)) for i in members]
+        for j in mine:
+            members = order[j * batch:(j + 1) * batch]
+            last = int(members.max())
+            while last not in held:
+                at, sample = next(stream)
+                held[at] = sample
+            encoded = [held.pop(int(i)) for i in members]
+            # The limit is set around decoding only: a generator's yield must not leave it set.
+            with pixel_limit(self.split.max_image_pixels):
                 images = np.stack([decode(sample, self.size, self.channels) for sample in encoded])
-                labels = torch.tensor([sample.label for sample in encoded], dtype=torch.int64)
-                yield torch.from_numpy(images), labels
+            labels = torch.tensor([sample.label for sample in encoded], dtype=torch.int64)
+            yield torch.from_numpy(images), labels
 
     def _read(self, wanted: np.ndarray) -> Iterator[tuple[int, EncodedSample]]:
         """(position in the rank's run, sample) for the wanted positions, in stream order;

@@ -143,7 +143,7 @@ class Trainer:
             tqdm.write(f"warning: {note}", file=sys.stderr)
         if len(self.data.train) == 0 or len(self.data.val) == 0:
             raise ConfigError("the training or validation split is empty; give more images or "
-                              "change --val-fraction")
+                              "change --val-fraction" + (" when running vitkit shard" if self.streaming else ""))
         cfg = prepare_config(cfg, self.say)
         self.cfg, model_cfg, notes = resolve(cfg, self.data)
         for note in notes:
