@@ -135,7 +135,8 @@ def test_starting_after_k_batches_gives_the_tail_and_decodes_nothing_it_skips(nu
     full = _epoch(numbered, seed=5, epoch=2)
     decoded = []
     original = shards_module.decode
-    monkeypatch.setattr(shards_module, "decode", lambda sample, *args: decoded.append(sample) or original(sample, *args))
+    monkeypatch.setattr(shards_module, "decode",
+                        lambda sample, *args: decoded.append(sample) or original(sample, *args))
     assert _epoch(numbered, seed=5, epoch=2, start_batch=6) == full[6:]
     assert len(decoded) == sum(map(len, full[6:])) == 13
     assert _epoch(numbered, workers=2, seed=5, epoch=2, start_batch=6) == full[6:]
@@ -145,7 +146,8 @@ def test_starting_after_k_batches_gives_the_tail_and_decodes_nothing_it_skips(nu
 def test_shards_with_nothing_wanted_are_not_opened(numbered, monkeypatch):
     opened = []
     original = shards_module.read_shard
-    monkeypatch.setattr(shards_module, "read_shard", lambda path, *args: opened.append(path.name) or original(path, *args))
+    monkeypatch.setattr(shards_module, "read_shard",
+                        lambda path, *args: opened.append(path.name) or original(path, *args))
     last = _epoch(numbered, shuffle=False, start_batch=9)
     assert opened == ["train-000007.tar"]
     assert last == _epoch(numbered, shuffle=False)[9:] and len(last[0]) == 1

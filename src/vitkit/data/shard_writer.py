@@ -85,13 +85,16 @@ def shard_data(source: str | os.PathLike, out: str | os.PathLike, *, shard_size:
     rng_by_split = {name: np.random.default_rng([split_seed, i]) for i, name in enumerate(SPLITS)}
     splits = {name: [splits[name][i] for i in rng_by_split[name].permutation(len(splits[name]))] for name in SPLITS}
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX_NAME).unlink(missing_ok=True)  # the old index must not describe half-replaced shards
-    with progress_bar(sum(map(len, splits.values())), "writing shards", quiet) as bar:
-        written = {name: _write_split(out, name, items, shard_size, bar) for name, items in splits.items()}
-    for stale in set(p.name for p in out.iterdir() if _SHARD_NAME.match(p.name)) - \
-            {shard.name for shards in written.values() for shard in shards}:
-        (out / stale).unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / INDEX_NAME).unlink(missing_ok=True)  # the old index must not describe half-replaced shards
+        with progress_bar(sum(map(len, splits.values())), "writing shards", quiet) as bar:
+            written = {name: _write_split(out, name, items, shard_size, bar) for name, items in splits.items()}
+        for stale in set(p.name for p in out.iterdir() if _SHARD_NAME.match(p.name)) - \
+                {shard.name for shards in written.values() for shard in shards}:
+            (out / stale).unlink()
+    except OSError as err:
+        raise ConfigError(f"cannot write the shards into {out}: {err.strerror or err}") from None
     index = _index(str(folder.resolve()) if is_folder else spec, names, channels, sizes, max_image_pixels,
                    {"seed": split_seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "given": given},
                    notes, {name: ([item.label for item in splits[name]], shards) for name, shards in written.items()})
@@ -127,10 +130,14 @@ def index_shards(root: str | os.PathLike, class_names: list[str] | None = None, 
                     count += 1
                     bar.update(1)
                 shards[split].append(ShardFile(path.name, count, path.stat().st_size))
-    names = list(class_names) if class_names else [str(i) for i in range(max(max(v, default=0) for v in labels.values()) + 1)]
+    if not headers:
+        raise DataError(f"the shards in {root} hold no samples")
+    largest = max(label for split in labels.values() for label in split)
+    names = list(class_names) if class_names else [str(i) for i in range(largest + 1)]
     sizes = [header.size for header in headers]
     index = _index(str(root), names, 1 if all(h.grey for h in headers) else 3, sizes, max_image_pixels,
-                   {"seed": None, "val_fraction": None, "test_fraction": None, "given": [s for s in SPLITS if found[s]]},
+                   {"seed": None, "val_fraction": None, "test_fraction": None,
+                    "given": [split for split in SPLITS if found[split]]},
                    [], {split: (labels[split], shards[split]) for split in SPLITS})
     write_json(root / INDEX_NAME, index)
     return index
@@ -153,7 +160,7 @@ def _index(source: str, names: list[str], channels: int, sizes: list[Size], max_
         "split": split,
         "notes": notes,
         "splits": {name: {"samples": len(labels),
-                          "class_counts": np.bincount(labels, minlength=len(names)).tolist() if labels else [0] * len(names),
+                          "class_counts": np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names)).tolist(),
                           "shards": [{"file": s.name, "samples": s.samples, "bytes": s.bytes} for s in shards]}
                    for name, (labels, shards) in contents.items()},
     }
