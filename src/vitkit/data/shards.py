@@ -6,7 +6,7 @@ A shard is a plain tar file; each sample is two adjacent members with the same k
 `dataset.json` names the classes and, per split, the shards with their sample counts, so
 every reader can plan an epoch without opening a shard.
 
-One epoch of one split, as a function of (seed, epoch) only:
+One epoch of one split for one rank, a function of (seed, epoch, rank, world_size) only:
 
 1. the shards are put in a random order and read as one stream of samples;
 2. rank r of `world_size` takes a contiguous run of that stream; with `even` every rank takes
