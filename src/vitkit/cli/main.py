@@ -2,7 +2,9 @@
 
 A command module defines `register(subparsers)`, which adds its parser and sets
 `func=run`; `run(args)` returns the exit code. User errors raise VitkitError: printed as one
-line, exit code 2, traceback only with --debug.
+line, exit code 2, traceback only with --debug. A run stopped by a signal after saving a
+checkpoint (StoppedBySignal) prints its line and exits 128 + the signal number, as a process
+ended by that signal would: a scheduler sees it did not finish (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib
 import json
 import sys
 
-from vitkit.errors import VitkitError
+from vitkit.errors import StoppedBySignal, VitkitError
 
 COMMANDS = ["train", "eval", "predict", "models", "convert", "fewshot", "probe", "analyze",
             "experiment", "bench", "pretrain", "shard"]
@@ -62,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except StoppedBySignal as e:
+        print(f"vitkit {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signal_number
     except VitkitError as e:
         if getattr(args, "debug", False):
             raise

@@ -27,6 +27,10 @@ TRAIN_HELP = {
     "accum_steps": "gradient accumulation: optimiser step every N batches",
     "ema": "EMA decay of the weights (0 = off); evaluation and best checkpoint use the EMA",
     "early_stop": "stop after N epochs without a better validation accuracy (0 = off)",
+    "checkpoint_every": "also write checkpoints/last.safetensors every N optimiser updates, so a killed "
+                        "run resumes mid-epoch (0 = at epoch ends only)",
+    "skip_nonfinite": "skip the update of a step whose loss (or clipped gradient norm) is NaN/inf, "
+                      "counted in the metrics, instead of stopping the run",
     "precision": "auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16",
     "compile": "torch.compile the model",
     "device": "auto, cpu, cuda, cuda:N",

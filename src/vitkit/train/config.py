@@ -51,6 +51,11 @@ class TrainConfig:
     accum_steps: int = 1
     ema: float = 0.0
     early_stop: int = 0
+    # Also write checkpoints/last.safetensors every N optimiser updates (0: at epoch ends only),
+    # so a killed run loses at most N updates (docs/reliability.md).
+    checkpoint_every: int = 0
+    # Skip an update whose loss (or clipped gradient norm) is NaN/inf instead of stopping.
+    skip_nonfinite: bool = False
 
     augment: dict[str, Any] = field(default_factory=dict)
 
@@ -106,7 +111,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
-        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop", "workers")
+        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop", "checkpoint_every", "workers")
         for name in nonneg:
             value = getattr(self, name)
             if value is not None and value < 0:

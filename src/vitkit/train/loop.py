@@ -1,17 +1,24 @@
 """The training loop: in-memory data on the device (or a shard folder streamed through a
-DataLoader), batched augmentation, per-step LR schedule, per-epoch validation and checkpoints,
-exact resume.
+DataLoader), batched augmentation, per-step LR schedule, per-epoch validation and checkpoints
+(and every N updates with --checkpoint-every), exact resume, a clean stop on SIGTERM, and no
+non-finite weights ever saved (docs/reliability.md).
 
-No host-device synchronisation inside an epoch: losses and accuracies accumulate in device
-tensors and are read once per epoch.
+No host-device synchronisation inside an epoch: losses, accuracies and the first non-finite
+loss accumulate in device tensors and are read at epoch ends and checkpoints. (With
+--skip-nonfinite every step's loss is read, to decide whether to skip it.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import random
+import signal
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -23,7 +30,7 @@ from vitkit.data import load_data
 from vitkit.data.augment import AugmentConfig, Augmenter
 from vitkit.data.dataset import training_subset
 from vitkit.data.shards import ShardBatches, is_shard_folder, load_batches, open_shards
-from vitkit.errors import CheckpointError, ConfigError
+from vitkit.errors import CheckpointError, ConfigError, SaveError, StoppedBySignal, TrainingDiverged
 from vitkit.evaluate.classification import autocast, classification_metrics, predict_batches, predict_logits
 from vitkit.evaluate.preprocess import normalize, resize_images
 from vitkit.formats import apply_state
@@ -38,6 +45,26 @@ from vitkit.train.config import TrainConfig
 from vitkit.train.optim import EMA, build_optimizer, lr_factor, set_lr
 from vitkit.train.run import RunFolder
 from vitkit.train.state import load_training_state, restore_rng, save_training_state
+
+
+# With --skip-nonfinite, this many skipped updates in a row stop the run: an odd bad batch is
+# skipped, but a run whose every batch overflows is no longer training.
+MAX_SKIPPED_IN_A_ROW = 10
+
+# What to do about a failed save, by errno.
+SAVE_ADVICE = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space or raise the quota",
+               errno.EFBIG: "raise the file-size limit (ulimit -f)",
+               errno.EACCES: "make the folder writable", errno.EPERM: "make the folder writable",
+               errno.EROFS: "use a writable file system"}
+
+
+def new_progress() -> dict:
+    """A run's progress as checkpoints store it. `epoch`: epochs done; `step`: steps done in
+    the next epoch (0 except in a mid-epoch checkpoint, which also has `epoch_sums`, that
+    epoch's running loss/accuracy sums); `update`: optimiser updates done."""
+    return {"epoch": 0, "step": 0, "update": 0, "best_val_acc": -1.0, "best_epoch": -1,
+            "bad_epochs": 0, "train_seconds": 0.0, "skipped_updates": 0, "skipped_in_a_row": 0,
+            "epoch_sums": None, "history": []}
 
 
 def seed_everything(seed: int) -> None:
@@ -179,12 +206,22 @@ class Trainer:
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / self.cfg.accum_steps)
         self.total_updates = self.updates_per_epoch * self.cfg.epochs
         self.warmup_updates = round(self.cfg.warmup_epochs * self.updates_per_epoch)
-        self.progress = {"epoch": 0, "update": 0, "best_val_acc": -1.0, "best_epoch": -1,
-                         "bad_epochs": 0, "train_seconds": 0.0, "history": []}
+        self.progress = new_progress()
+        # Where the checkpoint on disk stands ("the end of epoch 2"), for messages; None: none yet.
+        self.saved_at: str | None = None
+        # The signal number once SIGTERM or SIGINT asked the run to stop.
+        self.stop_signal: int | None = None
+        # A per-step finiteness check costs nothing on the CPU and is needed to skip steps; on a
+        # GPU it would wait for every step, so there the first bad step is recorded on the device
+        # and read at the next checkpoint or epoch end.
+        self.check_each_step = self.device.type == "cpu" or self.cfg.skip_nonfinite
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.first_bad_loss = torch.zeros((), device=self.device)
         if resume:
             self._restore()
         else:
-            self.run_dir.write_config(self.cfg)
+            with self._saving(self.run_dir.path / "config.yaml"):
+                self.run_dir.write_config(self.cfg)
 
     # ------------------------------------------------------------------ helpers
     def say(self, message: str) -> None:
@@ -209,16 +246,38 @@ class Trainer:
     def _restore(self) -> None:
         path = self.run_dir.last_checkpoint
         if not path.exists():
-            raise CheckpointError(f"{self.run_dir.path} has no checkpoint to resume from "
-                                  f"({path.name} is missing); start a new run instead")
+            if self.run_dir.summary_file.exists():
+                raise CheckpointError(f"{self.run_dir.path} has no checkpoint to resume from "
+                                      f"({path.name} is missing); start a new run instead")
+            # Killed before its first checkpoint: nothing to continue, but the saved config
+            # reproduces the run exactly. Printed even with --quiet: the work starts over.
+            tqdm.write(f"note: {self.run_dir.path} has no checkpoint yet (the run stopped before its "
+                       "first save); starting it afresh from its config.yaml", file=sys.stderr)
+            return
         state = load_training_state(path)
         apply_state(self.model, state["model"], source=str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
         restore_rng(*state["rng"])
-        self.progress = state["progress"]
-        self.say(f"resuming {self.run_dir.path} after epoch {self.progress['epoch']}")
+        self.progress = {**new_progress(), **state["progress"]}
+        self.saved_at = self._position()
+        if self._finished():
+            self.say(f"resuming {self.run_dir.path}: training had finished at {self.saved_at}; "
+                     "writing the summary")
+        else:
+            self.say(f"resuming {self.run_dir.path} at {self.saved_at}")
+
+    def _finished(self) -> bool:
+        p = self.progress
+        return p["epoch"] >= self.cfg.epochs or p["bad_epochs"] >= self.cfg.early_stop > 0
+
+    def _position(self) -> str:
+        """Where the training stands, in words: "epoch 2 step 5/21" or "the end of epoch 1"."""
+        p = self.progress
+        if p["step"] == 0:
+            return f"the end of epoch {p['epoch']}" if p["epoch"] else "the start"
+        return f"epoch {p['epoch'] + 1} step {p['step']}/{self.steps_per_epoch}"
 
     def _input(self, images_uint8: torch.Tensor, labels: torch.Tensor, normalized: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,9 +294,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images, labels) on the device, one training step each, from step `start_step`
-        on. The order depends only on (seed, epoch), never on the global RNG, so a resumed run
-        (and every rank of a distributed one) can rebuild any epoch's batches."""
+        """(uint8 images, labels) on the device, one training step each, from `start_step` on
+        (a run resumed mid-epoch skips the steps it has done). The order depends only on
+        (seed, epoch), never on the global RNG, so a resumed run (and every rank of a
+        distributed one) can rebuild any epoch's batches."""
         if self.streaming:
             yield from self._streamed_batches(epoch, start_step)
             return
@@ -270,12 +330,15 @@ class Trainer:
                                self.precision)
 
     def train_epoch(self, epoch: int, bar) -> dict:
+        """Train epoch `epoch` from the step the progress says (0, or where a mid-epoch
+        checkpoint stopped), checkpointing and stopping only right after an optimiser update."""
         self.model.train()
         n = self.train_count
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
+        p = self.progress
+        sums = self._epoch_sums()
         accum, batch = self.cfg.accum_steps, self.cfg.batch_size
-        for step, (images, labels) in enumerate(self.epoch_batches(epoch)):
+        group_usable = True
+        for step, (images, labels) in enumerate(self.epoch_batches(epoch, p["step"]), start=p["step"]):
             if self.objective is None:
                 x, targets = self._input(images, labels)
                 with autocast(self.device, self.precision):
@@ -284,32 +347,201 @@ class Trainer:
             else:
                 pixels, targets = self._input(images, labels, normalized=False)
                 logits, loss = self.objective(self.model, pixels, targets)
-            # Weight each micro-batch by its share of the accumulated batch, so accumulation
-            # gives the gradient of the full batch even when the last one is short.
-            group_start = step // accum * accum * batch
-            share = labels.shape[0] / (min(n, group_start + accum * batch) - group_start)
-            (loss * share).backward()
-            loss_sum += loss.detach() * labels.shape[0]
-            correct += (logits.detach().argmax(1) == targets.argmax(1)).sum()
+            if self._loss_is_usable(loss, epoch, step):
+                # Weight each micro-batch by its share of the accumulated batch, so accumulation
+                # gives the gradient of the full batch even when the last one is short.
+                group_start = step // accum * accum * batch
+                share = labels.shape[0] / (min(n, group_start + accum * batch) - group_start)
+                (loss * share).backward()
+                sums["loss"] += loss.detach() * labels.shape[0]
+                sums["correct"] += (logits.detach().argmax(1) == targets.argmax(1)).sum()
+                sums["images"] += labels.shape[0]
+            else:
+                group_usable = False
             if (step + 1) % accum == 0 or step + 1 == self.steps_per_epoch:
-                self._update(epoch)
+                p["step"] = step + 1
+                if self._update(epoch, group_usable):
+                    p["skipped_in_a_row"] = 0
+                else:
+                    self._skipped(sums)
+                group_usable = True
+                if p["step"] < self.steps_per_epoch:
+                    self._after_update(sums)
             bar.update(labels.shape[0])
-        return {"train_loss": float(loss_sum) / n, "train_acc": float(correct) / n}
+        p["step"], p["epoch_sums"] = 0, None
+        return {"train_loss": float(sums["loss"]) / max(sums["images"], 1),
+                "train_acc": float(sums["correct"]) / max(sums["images"], 1),
+                "skipped_updates": sums["skipped"]}
 
-    def _update(self, epoch: int) -> None:
+    def _epoch_sums(self) -> dict:
+        """The running loss/accuracy sums of the epoch: zero, or as a mid-epoch checkpoint saved
+        them (exact: a float32 sum round-trips through a Python float)."""
+        saved = self.progress["epoch_sums"] or {"loss": 0.0, "correct": 0.0, "images": 0, "skipped": 0}
+        return {"loss": torch.tensor(saved["loss"], dtype=torch.float32, device=self.device),
+                "correct": torch.tensor(saved["correct"], dtype=torch.float32, device=self.device),
+                "images": saved["images"], "skipped": saved["skipped"]}
+
+    def _update(self, epoch: int, usable: bool = True) -> bool:
+        """One optimiser update from the accumulated gradients. Returns False when it was skipped
+        (--skip-nonfinite and a non-finite loss or gradient norm): the gradients are dropped,
+        the weights and EMA stay, the schedule moves on."""
         update = self.progress["update"]
         if self.cfg.schedule_unit == "epoch":
             update = epoch * self.updates_per_epoch
         set_lr(self.optimizer, self.cfg.lr * lr_factor(update, self.total_updates, self.warmup_updates,
                                                        self.cfg.schedule, self.cfg.min_lr_ratio))
-        if self.cfg.grad_clip:
+        if usable and self.cfg.grad_clip:
             params = [p for p in self.model.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
-        self.optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
+            # Read only when skipping is on: reading the norm waits for the GPU.
+            usable = not self.cfg.skip_nonfinite or bool(torch.isfinite(norm))
+        if usable:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
+        if usable and self.ema is not None:
             self.ema.update(self.model)
         self.progress["update"] += 1
+        return usable
+
+    def _after_update(self, sums: dict) -> None:
+        """Mid-epoch, right after an optimiser update: the only place a checkpoint can resume
+        from exactly (no half-accumulated gradients)."""
+        stop = self._should_stop()
+        if stop or self._should_checkpoint():
+            self._save_last(sums)
+        if stop:
+            raise self._stopped()
+
+    def _should_checkpoint(self) -> bool:
+        every = self.cfg.checkpoint_every
+        return every > 0 and self.progress["update"] % every == 0
+
+    def _should_stop(self) -> bool:
+        return self.stop_signal is not None
+
+    def _stopped(self) -> StoppedBySignal:
+        name = signal.Signals(self.stop_signal).name
+        return StoppedBySignal(
+            f"stopped by {name} at {self._position()}; checkpoint written to "
+            f"{self.run_dir.last_checkpoint}; continue with `vitkit train --resume --out {self.run_dir.path}`",
+            self.stop_signal)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training, SIGTERM (a scheduler's preemption notice) and SIGINT (Ctrl-C) ask the
+        run to stop after the current optimiser update, with a checkpoint. The first signal
+        puts the previous handlers back, so a second one acts as usual (ends the process, or
+        KeyboardInterrupt)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for s, handler in previous.items():
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+        def ask_to_stop(signum, frame) -> None:
+            self.stop_signal = signum
+            restore()
+
+        for s in previous:
+            signal.signal(s, ask_to_stop)
+        try:
+            yield
+        finally:
+            restore()
+
+    # ------------------------------------------------------------------ non-finite values
+    def _loss_is_usable(self, loss: torch.Tensor, epoch: int, step: int) -> bool:
+        """Whether the step's loss may be back-propagated. A non-finite loss stops the run,
+        or is skipped with --skip-nonfinite; on a GPU without skipping it is only recorded here
+        and raised at the next check (_raise_if_diverged), so no step waits for the device."""
+        if not self.check_each_step:
+            bad = ~torch.isfinite(loss.detach())
+            first = bad & (self.first_bad_step < 0)
+            self.first_bad_step = torch.where(first, epoch * self.steps_per_epoch + step, self.first_bad_step)
+            self.first_bad_loss = torch.where(first, loss.detach().float(), self.first_bad_loss)
+            return True
+        if bool(torch.isfinite(loss)):
+            return True
+        if self.cfg.skip_nonfinite:
+            return False
+        raise self._diverged(epoch, step, float(loss.detach()))
+
+    def _raise_if_diverged(self) -> None:
+        if int(self.first_bad_step) >= 0:
+            epoch, step = divmod(int(self.first_bad_step), self.steps_per_epoch)
+            raise self._diverged(epoch, step, float(self.first_bad_loss))
+
+    def _diverged(self, epoch: int, step: int, value: float) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"the training loss became {value} at epoch {epoch + 1} step {step + 1}/{self.steps_per_epoch}; "
+            f"stopped without saving; {self._checkpoint_note()}; lower --lr, set --grad-clip, or "
+            "pass --skip-nonfinite to skip such steps")
+
+    def _skipped(self, sums: dict) -> None:
+        p = self.progress
+        sums["skipped"] += 1
+        p["skipped_updates"] += 1
+        p["skipped_in_a_row"] += 1
+        if p["skipped_in_a_row"] >= MAX_SKIPPED_IN_A_ROW:
+            raise TrainingDiverged(
+                f"{MAX_SKIPPED_IN_A_ROW} updates in a row had a non-finite loss or gradient norm (the "
+                f"last at epoch {p['epoch'] + 1} step {p['step']}/{self.steps_per_epoch}); the run "
+                f"has diverged; {self._checkpoint_note()}; lower --lr or check the data")
+
+    def _check_finite(self) -> None:
+        """Before every save: a NaN/inf recorded on the device, or weights that are not finite
+        (from a finite loss with an overflowing gradient), must never replace a good checkpoint."""
+        self._raise_if_diverged()
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        if self.ema is not None:
+            tensors += [t for t in self.ema.shadow.values() if t.is_floating_point()]
+        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            raise TrainingDiverged(
+                f"the weights became NaN or infinite by {self._position()} (update "
+                f"{self.progress['update']}); stopped without saving; {self._checkpoint_note()}; "
+                "lower --lr or set --grad-clip")
+
+    # ------------------------------------------------------------------ saving
+    def _checkpoint_note(self) -> str:
+        if self.saved_at is None:
+            return "no checkpoint was written yet (--resume starts the run afresh)"
+        return f"the previous checkpoint {self.run_dir.last_checkpoint} ({self.saved_at}) is intact"
+
+    @contextlib.contextmanager
+    def _saving(self, path: Path) -> Iterator[None]:
+        """Turn a failed write (disk full, no permission, file-size limit) into one line naming
+        the file, the reason and the checkpoint to continue from. atomic_path has already
+        removed the half-written temporary and left the old file as it was."""
+        try:
+            yield
+        except OSError as e:
+            advice = SAVE_ADVICE.get(e.errno, "fix that")
+            raise SaveError(f"cannot write {path}: {e.strerror or e}; {self._checkpoint_note()}; "
+                            f"{advice}, then continue with `vitkit train --resume --out "
+                            f"{self.run_dir.path}`") from None
+
+    def _save_last(self, sums: dict | None = None) -> None:
+        """checkpoints/last.safetensors; mid-epoch (`sums` given) it also holds the step within
+        the epoch and the epoch's running sums."""
+        p = self.progress
+        self._check_finite()
+        if sums is not None:
+            self._tick()
+        p["epoch_sums"] = None if sums is None else {
+            "loss": float(sums["loss"]), "correct": float(sums["correct"]),
+            "images": sums["images"], "skipped": sums["skipped"]}
+        with self._saving(self.run_dir.last_checkpoint):
+            save_training_state(self.run_dir.last_checkpoint, self.model, self.optimizer,
+                                self.ema.shadow if self.ema else None, p)
+        self.saved_at = self._position()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.progress["train_seconds"] += now - self.clock
+        self.clock = now
 
     def validate(self) -> dict:
         logits, labels = self.split_logits(self._eval_model(), "val")
@@ -320,26 +552,32 @@ class Trainer:
     def run(self) -> dict:
         if not self.streaming:
             self._hold_train_images()
-        start = self.progress["epoch"]
+        p = self.progress
         # Counting images, so the bar shows images/s.
-        bar = tqdm(total=self.cfg.epochs * self.train_count, initial=start * self.train_count, unit="img",
-                   dynamic_ncols=True, disable=True if self.quiet else None, file=sys.stderr,
-                   desc="train")
-        with bar:
-            for epoch in range(start, self.cfg.epochs):
-                if self.progress["bad_epochs"] >= self.cfg.early_stop > 0:
+        done = p["epoch"] * self.train_count + min(p["step"] * self.cfg.batch_size, self.train_count)
+        bar = tqdm(total=self.cfg.epochs * self.train_count, initial=done, unit="img", dynamic_ncols=True,
+                   disable=True if self.quiet else None, file=sys.stderr, desc="train")
+        with bar, self._stop_on_signals():
+            for epoch in range(p["epoch"], self.cfg.epochs):
+                if p["bad_epochs"] >= self.cfg.early_stop > 0:
                     break
-                t0 = time.perf_counter()
+                self.clock = time.perf_counter()
                 stats = self.train_epoch(epoch, bar)
+                self._raise_if_diverged()
                 stats.update(self.validate())
-                self.progress["train_seconds"] += time.perf_counter() - t0
+                self._tick()
                 stats.update(epoch=epoch + 1, lr=self.optimizer.param_groups[0]["lr"],
-                             seconds=round(self.progress["train_seconds"], 3))
+                             seconds=round(p["train_seconds"], 3))
                 self._end_epoch(epoch, stats)
-                bar.set_postfix(loss=f"{stats['train_loss']:.3f}", val_acc=f"{stats['val_acc']:.4f}")
+                k = stats["skipped_updates"]
+                bar.set_postfix(loss=f"{stats['train_loss']:.3f}", val_acc=f"{stats['val_acc']:.4f}",
+                                **({"skipped": k} if k else {}))
                 if bar.disable and not self.quiet:
+                    skipped = f"  skipped {k} update{'s' if k > 1 else ''}" if k else ""
                     self.say(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {stats['train_loss']:.4f}  "
-                             f"val_acc {stats['val_acc']:.4f}  {stats['seconds']:.1f}s")
+                             f"val_acc {stats['val_acc']:.4f}  {stats['seconds']:.1f}s{skipped}")
+                if self._should_stop():
+                    raise self._stopped()
         return self.finish()
 
     def _hold_train_images(self) -> None:
@@ -359,13 +597,15 @@ class Trainer:
         improved = stats["val_acc"] > p["best_val_acc"]
         if improved:
             p["best_val_acc"], p["best_epoch"], p["bad_epochs"] = stats["val_acc"], epoch + 1, 0
-            save_model(self._eval_model(), self.run_dir.best_checkpoint,
-                       metadata={"epoch": epoch + 1, "val_acc": stats["val_acc"]})
+            self._check_finite()
+            with self._saving(self.run_dir.best_checkpoint):
+                save_model(self._eval_model(), self.run_dir.best_checkpoint,
+                           metadata={"epoch": epoch + 1, "val_acc": stats["val_acc"]})
         else:
             p["bad_epochs"] += 1
-        self.run_dir.write_metrics(p["history"])
-        save_training_state(self.run_dir.last_checkpoint, self.model, self.optimizer,
-                            self.ema.shadow if self.ema else None, p)
+        with self._saving(self.run_dir.metrics_file):
+            self.run_dir.write_metrics(p["history"])
+        self._save_last()
 
     def finish(self) -> dict:
         best = load_checkpoint(self.run_dir.best_checkpoint).to(self.device)
@@ -387,8 +627,10 @@ class Trainer:
             "precision": self.precision,
             "seed": self.cfg.seed,
             "final_train_loss": history[-1]["train_loss"] if history else None,
+            "skipped_updates": self.progress["skipped_updates"],
         }
-        self.run_dir.write_summary(summary, test["confusion"], self.data.class_names, history)
+        with self._saving(self.run_dir.summary_file):
+            self.run_dir.write_summary(summary, test["confusion"], self.data.class_names, history)
         return summary
 
 

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from vitkit.errors import CheckpointError
 from vitkit.formats.native import FORMAT_KEY, read_header, read_tensors
-from vitkit.io import atomic_path
+from vitkit.io import write_safetensors
 
 PREFIX = "train_state."
 
@@ -63,8 +62,7 @@ def save_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
         tensors[PREFIX + k] = v.contiguous()
     state = {"param_groups": opt["param_groups"], "progress": progress, "rng": rng_meta}
     header = {FORMAT_KEY: model.config.to_json(), "format": "vitkit", "train_state": json.dumps(state)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+    write_safetensors(path, tensors, header)
 
 
 def load_training_state(path: str | Path) -> dict:
