@@ -1,6 +1,9 @@
 """Training on a shard folder: streamed batches behind the same `epoch_batches` contract as data
 in memory, independent of the number of DataLoader workers, with an images/s progress bar."""
 
+import os
+import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +15,8 @@ from safetensors.torch import load_file
 from vitkit.data.shard_writer import shard_data
 from vitkit.errors import ConfigError
 from vitkit.train import TrainConfig, Trainer, train
+from test_interruptions import KILLABLE, environment
+from train_runs import assert_same_run, progress, tiny_flags, write_tiny_npz
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32)
 
@@ -83,3 +88,30 @@ def test_options_that_need_data_in_memory_are_refused(tmp_path, shards):
 def test_the_split_recorded_by_vitkit_shard_is_the_one_the_run_records(tmp_path, shards):
     trainer = Trainer(config(tmp_path, shards, val_fraction=0.3), quiet=True)
     assert trainer.cfg.val_fraction == 0.1 and np.isclose(trainer.cfg.test_fraction, 0.2)
+
+
+def killable_session(*args, **arm) -> subprocess.CompletedProcess:
+    """killable_vitkit.py in a session of its own, so a signal to its group reaches no one else."""
+    return subprocess.run([sys.executable, KILLABLE, *map(str, args)], env=environment(**arm), capture_output=True,
+                          text=True, timeout=300, start_new_session=True)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")
+def test_sigterm_to_the_process_group_stops_a_streamed_run_that_resumes_bit_identical(tmp_path):
+    shard_data(write_tiny_npz(tmp_path / "tiny.npz"), tmp_path / "shards", shard_size=20, quiet=True)
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    flags = ["--workers", "2", "--quiet"]
+    result = killable_session("train", *tiny_flags(tmp_path / "shards", reference), *flags)
+    assert result.returncode == 0, result.stderr
+
+    # The workers get the SIGTERM too; they leave stopping to the main process, which finishes
+    # the update, writes its checkpoint mid-epoch and ends them.
+    result = killable_session("train", *tiny_flags(tmp_path / "shards", out), *flags, after_update=16,
+                              signal="SIGTERM", to_group=1)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert result.stderr.startswith("vitkit train: stopped by SIGTERM at epoch 2 step 10/")
+    assert progress(out / "checkpoints/last.safetensors")["update"] == 16
+
+    result = killable_session("train", "--resume", "--out", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert_same_run(out, reference)

@@ -29,6 +29,7 @@ import io
 import json
 import math
 import os
+import signal
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -430,14 +431,23 @@ class _Reported(IterableDataset):
             yield _Failure(err)
 
 
+def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """Ctrl-C and a scheduler's SIGTERM reach the whole process group. The main process then
+    finishes the optimiser update, writes a checkpoint and ends the workers; a worker that
+    died first would only turn that clean stop into a DataLoader error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def load_batches(batches: ShardBatches, workers: int = 0, *, pin_memory: bool = False
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Iterate `batches` decoded by `workers` DataLoader processes (0: in this process)."""
     loader = DataLoader(_Reported(batches), batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                        worker_init_fn=_leave_stop_signals_to_the_main_process,
                         # Its own generator: making the loader must not draw from the global RNG
                         # that augmentation uses.
                         generator=torch.Generator().manual_seed(0),
-                        prefetch_factor=2 if workers else None, persistent_workers=False)
+                        prefetch_factor=2 if workers else None)
     for item in loader:
         if isinstance(item, _Failure):
             raise item.error
