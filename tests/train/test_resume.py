@@ -15,8 +15,7 @@ import torch
 from safetensors import SafetensorError
 
 import vitkit
-from train_runs import (UPDATES, assert_same_run, progress, temporaries,
-                        tiny_config, write_tiny_npz)
+from train_runs import UPDATES, assert_same_run, progress, temporaries, tiny_config, write_tiny_npz
 from vitkit.errors import CheckpointError, SaveError, StoppedBySignal
 from vitkit.train import TrainConfig, Trainer, train
 from vitkit.train.run import RunFolder
