@@ -77,7 +77,7 @@ def resolve_model(cfg: TrainConfig, data: DataSplits, notes: list[str]) -> Model
 
 def describe_augment(aug: dict) -> str:
     """The options that are on, in words."""
-    parts = [f"{k} {aug[k]}" for k in ("rotate", "scale", "translate") if aug.get(k)]
+    parts = [f"{k} {aug[k]}" for k in ("rotate", "scale", "translate", "elastic") if aug.get(k)]
     if aug.get("crop") == "random" and aug.get("crop_padding"):
         parts.append(f"random crop (pad {aug['crop_padding']})")
     elif aug.get("crop") == "resized":
