@@ -29,10 +29,11 @@ def test_shard_then_train_streams_and_eval_of_the_best_checkpoint_agrees(tmp_pat
     assert len(index["splits"]["train"]["shards"]) == 6
 
     result = vitkit_cli("train", "--data", shards, "--out", run, "--epochs", "2", *TINY_FLAGS, "--workers", "2",
-                        "--json", "--quiet")
+                        "--select", "best", "--json", "--quiet")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["data"] == f"shards:{shards}" and summary["epochs"] == 2 and summary["test_n"] == 6
+    assert summary["checkpoint"] == str(run / "checkpoints" / "best.safetensors")
     config = yaml.safe_load((run / "config.yaml").read_text())
     # Picked from dataset.json without reading an image: 8x8 inputs are trained upsampled to 16x16.
     assert config["workers"] == 2 and config["model_options"]["image_size"] == [16, 16]

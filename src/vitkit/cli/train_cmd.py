@@ -27,6 +27,8 @@ TRAIN_HELP = {
     "accum_steps": "gradient accumulation: optimiser step every N batches",
     "ema": "EMA decay of the weights (0 = off); evaluation and best checkpoint use the EMA",
     "early_stop": "stop after N epochs without a better validation accuracy (0 = off)",
+    "select": "the run's result, tested and reported: last (the model when training ends) or best "
+              "(best validation accuracy); default: best with --early-stop, else last",
     "checkpoint_every": "also write checkpoints/last.safetensors every N optimiser updates, so a killed "
                         "run resumes mid-epoch (0 = at epoch ends only)",
     "skip_nonfinite": "skip the update of a step whose loss (or clipped gradient norm) is NaN/inf, "
@@ -92,11 +94,12 @@ def run(args) -> int:
         print_json(summary)
     else:
         n = summary["test_n"]
-        print(f"test accuracy {summary['test_acc']:.4f} ({round(summary['test_acc'] * n)}/{n}), "
-              f"top-5 {summary['test_top5']:.4f}; best validation {summary['val_acc']:.4f} at epoch "
-              f"{summary['best_epoch']}/{summary['epochs']}; {summary['train_seconds']:.1f} s training")
+        which = ("last" if summary["select"] == "last" else "best-validation") + " model"
+        print(f"test accuracy {summary['test_acc']:.4f} ({round(summary['test_acc'] * n)}/{n}) of the "
+              f"{which}, top-5 {summary['test_top5']:.4f}; best validation {summary['best_val_acc']:.4f} "
+              f"at epoch {summary['best_epoch']}/{summary['epochs']}; {summary['train_seconds']:.1f} s training")
         print(f"run folder: {summary['checkpoint'].rsplit('/checkpoints/', 1)[0]}  "
-              f"(best model: {summary['checkpoint']})")
+              f"(model: {summary['checkpoint']})")
     return 0
 
 

@@ -22,6 +22,7 @@ FREEZE = ("none", "backbone")
 RECIPES = ("default", "finetune")
 DISTILL = ("none", "soft", "hard")
 ADVERSARIAL = ("none", "fgsm", "pgd")
+SELECT = ("last", "best")
 
 
 @dataclass
@@ -51,6 +52,9 @@ class TrainConfig:
     accum_steps: int = 1
     ema: float = 0.0
     early_stop: int = 0
+    # The run's result: "last" (the model when training ends) or "best" (best validation
+    # accuracy); None picks best with early stopping, else last (train/auto.py).
+    select: str | None = None
     # Also write checkpoints/last.safetensors every N optimiser updates (0: at epoch ends only),
     # so a killed run loses at most N updates (docs/reliability.md).
     checkpoint_every: int = 0
@@ -106,6 +110,7 @@ class TrainConfig:
         choice("recipe", RECIPES)
         choice("distill", DISTILL)
         choice("adversarial", ADVERSARIAL)
+        choice("select", SELECT)
         positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size", "shuffle_buffer")
         for name in positive:
             value = getattr(self, name)

@@ -607,19 +607,35 @@ class Trainer:
             self.run_dir.write_metrics(p["history"])
         self._save_last()
 
+    def _save_final(self) -> None:
+        """checkpoints/final.safetensors: the model as training left it (the EMA with --ema)."""
+        p = self.progress
+        self._check_finite()
+        val_acc = p["history"][-1]["val_acc"] if p["history"] else None
+        with self._saving(self.run_dir.final_checkpoint):
+            save_model(self._eval_model(), self.run_dir.final_checkpoint,
+                       metadata={"epoch": p["epoch"], "val_acc": val_acc})
+
     def finish(self) -> dict:
-        best = load_checkpoint(self.run_dir.best_checkpoint).to(self.device)
-        test = classification_metrics(*self.split_logits(best, "test"))
+        self._save_final()
         history = self.progress["history"]
+        if self.cfg.select == "best":
+            chosen, val_acc = self.run_dir.best_checkpoint, self.progress["best_val_acc"]
+        else:
+            chosen, val_acc = self.run_dir.final_checkpoint, history[-1]["val_acc"] if history else None
+        model = load_checkpoint(chosen).to(self.device)
+        test = classification_metrics(*self.split_logits(model, "test"))
         summary = {
             "test_acc": test["top1"],
             "test_top5": test["top5"],
             "test_n": test["n"],
-            "val_acc": self.progress["best_val_acc"],
+            "select": self.cfg.select,
+            "val_acc": val_acc,
+            "best_val_acc": self.progress["best_val_acc"],
             "best_epoch": self.progress["best_epoch"],
             "epochs": self.progress["epoch"],
             "train_seconds": round(self.progress["train_seconds"], 3),
-            "checkpoint": str(self.run_dir.best_checkpoint),
+            "checkpoint": str(chosen),
             "model": self.cfg.model if self.cfg.model != "custom" else self.model.config.name,
             "params": sum(p.numel() for p in self.model.parameters()),
             "data": self.data.source,

@@ -60,6 +60,10 @@ class RunFolder:
         return self.path / "checkpoints" / "best.safetensors"
 
     @property
+    def final_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "final.safetensors"
+
+    @property
     def summary_file(self) -> Path:
         return self.path / "summary.json"
 
