@@ -2,9 +2,11 @@
 test_interruptions.py, never by vitkit itself). Arguments are vitkit's; the environment says
 what to do:
 
-  KILLABLE_AFTER_UPDATE=K  KILLABLE_SIGNAL=SIGKILL|SIGTERM
+  KILLABLE_AFTER_UPDATE=K  KILLABLE_SIGNAL=SIGKILL|SIGTERM  [KILLABLE_TO_GROUP=1]
       send the signal to this process right after its optimiser update number K (counted
-      over the whole run, resumes included), before any checkpoint of that update;
+      over the whole run, resumes included), before any checkpoint of that update; with
+      KILLABLE_TO_GROUP to its whole process group (its DataLoader workers too, as a
+      scheduler or Ctrl-C does; start it in a session of its own);
   KILLABLE_BEFORE_RENAME=NAME:K
       SIGKILL this process in the middle of its K-th write of a file called NAME: the
       temporary file is complete, the rename into place has not happened;
@@ -34,7 +36,10 @@ def arm() -> None:
         def update_then_signal(self, *args):
             applied = update(self, *args)
             if self.progress["update"] == k:
-                os.kill(os.getpid(), signum)
+                if os.environ.get("KILLABLE_TO_GROUP"):
+                    os.killpg(os.getpgid(0), signum)
+                else:
+                    os.kill(os.getpid(), signum)
             return applied
 
         Trainer._update = update_then_signal

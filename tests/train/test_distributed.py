@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vitkit.cli.main import build_parser
+from vitkit.cli.main import build_parser, main
 from vitkit.cli.train_cmd import build_config
 from vitkit.errors import ConfigError
 from vitkit.formats.native import read_header
@@ -239,6 +239,25 @@ def test_a_nan_loss_on_one_rank_stops_every_rank(tmp_path, data):
     assert not (run / "checkpoints" / "last.safetensors").exists()
 
 
+def test_streamed_from_shards_each_rank_takes_its_share_of_the_global_batch(tmp_path, data, one_process):
+    """Shards stream each rank its own part of the epoch (docs/streaming.md), so the batches are
+    not one process's; what must hold is the schedule: the same global batch, steps and updates."""
+    shards = tmp_path / "shards"
+    assert main(["shard", str(data), "--out", str(shards), "--shard-size", "20", "--quiet"]) == 0
+    run = tmp_path / "run"
+    flags = [f for f in FLAGS if f != "--no-flip"]  # shard folders carry no augmentation defaults to undo
+    batch = flags.index("--batch-size") + 1
+    flags[batch] = "8"  # streamed, the global batch divides by the world size
+    result = torchrun(tmp_path, "--data", str(shards), "--out", str(run), *flags, "--workers", "0",
+                      env=watch(run, tmp_path / "log"))
+    assert json.loads(result.stdout)["processes"] == 2
+    saved = json.loads(read_header(run / "checkpoints" / "last.safetensors")["train_state"])["progress"]
+    # 50 training images: 25 a rank, batches of 4 a rank: 7 steps an epoch, 4 updates of 2 steps.
+    assert (saved["epoch"], saved["update"]) == (2, 8)
+    assert files_under(run) == files_under(one_process)
+    assert file_access(tmp_path / "log")[1] == []  # rank 1 read its shards, and nothing of the run
+
+
 def test_each_rank_takes_a_contiguous_part_of_every_global_batch():
     batch = torch.arange(10, 17)
     parts = [Distributed(rank, 3, rank, active=True).shard(batch) for rank in range(3)]
@@ -264,6 +283,12 @@ def test_what_cannot_work_across_processes_is_refused_in_one_line(changes, messa
     with pytest.raises(ConfigError, match=message) as error:
         Distributed(0, 2, 0, active=True).check(TrainConfig(**changes))
     assert "\n" not in str(error.value)
+
+
+def test_a_streamed_global_batch_must_divide_by_the_world_size():
+    with pytest.raises(ConfigError, match="must divide by the 2 processes"):
+        Distributed(0, 2, 0, active=True).check(TrainConfig(batch_size=7), streaming=True)
+    Distributed(0, 2, 0, active=True).check(TrainConfig(batch_size=7))
 
 
 def test_fsdp_without_torchrun_is_refused_before_a_run_folder_is_made(tmp_path):

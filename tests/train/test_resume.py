@@ -15,8 +15,7 @@ import torch
 from safetensors import SafetensorError
 
 import vitkit
-from train_runs import (STEPS_PER_EPOCH, UPDATES, assert_same_run, progress, temporaries,
-                        tiny_config, write_tiny_npz)
+from train_runs import UPDATES, assert_same_run, progress, temporaries, tiny_config, write_tiny_npz
 from vitkit.errors import CheckpointError, SaveError, StoppedBySignal
 from vitkit.train import TrainConfig, Trainer, train
 from vitkit.train.run import RunFolder
@@ -101,7 +100,7 @@ def test_a_mid_epoch_checkpoint_holds_the_step_the_sums_and_the_rng(data, tmp_pa
     assert rng["rng.torch"].dtype == torch.uint8 and "numpy" in meta and "python" in meta
 
 
-def test_the_progress_bar_resumes_at_the_step_reached(data, tmp_path, monkeypatch):
+def test_the_progress_bar_resumes_at_the_image_reached(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         kill_after_update(patch, 14)
@@ -117,7 +116,8 @@ def test_the_progress_bar_resumes_at_the_step_reached(data, tmp_path, monkeypatc
 
     monkeypatch.setattr(loop, "tqdm", RecordingBar)
     Trainer(TrainConfig(out=str(out)), resume=True, quiet=True).run()
-    assert bars == [(STEPS_PER_EPOCH + 2, 3 * STEPS_PER_EPOCH)]
+    # The bar counts images (it shows images/s): 84 an epoch, batches of 4, two steps done.
+    assert bars == [(84 + 2 * 4, 3 * 84)]
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_afresh_with_a_note(data, reference, tmp_path,

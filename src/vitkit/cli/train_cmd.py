@@ -11,7 +11,8 @@ from vitkit.train import TrainConfig, train
 from vitkit.train.distributed import is_main_process
 
 TRAIN_HELP = {
-    "data": "digits (bundled), an image folder, a CIFAR-10/100 python folder, or an .npz with x and y",
+    "data": "digits (bundled), an image folder, a CIFAR-10/100 python folder, an .npz with x and y, or a "
+            "folder written by `vitkit shard` (streamed, never held in memory)",
     "out": "run folder (default runs/<timestamp>)",
     "model": "auto (picked from the data), custom, or a preset from `vitkit models`",
     "init": "checkpoint to fine-tune from (new zero-initialised head, embeddings resized)",
@@ -41,6 +42,8 @@ TRAIN_HELP = {
     "train_fraction": "train on this stratified share (0, 1] of the training split, the same images for every seed",
     "image_size": "model input side (default: from the data)",
     "skip_bad_images": "skip unreadable images (counted in a warning) instead of stopping",
+    "workers": "shard folders: DataLoader processes that decode images (unset: one per CPU, at most 4)",
+    "shuffle_buffer": "shard folders: images in the shuffle buffer",
     "teacher": "checkpoint of the teacher for distillation (any model vitkit loads, e.g. a ResNet)",
     "distill": "none, soft (KL at temperature tau) or hard (CE to the teacher's argmax), through a "
                "distillation token",

@@ -8,7 +8,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ def _over_limit() -> BadImage:
                     "(--max-image-pixels) if the image is genuine")
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path | BinaryIO) -> Image.Image:
     try:
         return Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -89,8 +89,8 @@ def _open(path: Path) -> Image.Image:
         raise BadImage(f"not a readable image ({err})") from None
 
 
-def read_header(path: Path) -> ImageHeader:
-    """Size and colour of a file, read lazily; raises BadImage."""
+def read_header(path: Path | BinaryIO) -> ImageHeader:
+    """Size and colour of a file (or an open binary stream), read lazily; raises BadImage."""
     with _open(path) as image:
         if image.mode not in _GREY_MODES | _COLOUR_MODES:
             raise BadImage(f"image mode {image.mode} is not supported; save it as 8-bit grey or RGB")
@@ -123,8 +123,9 @@ def _to_mode(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("L" if channels == 1 else "RGB")
 
 
-def read_pixels(path: Path, size: Size, channels: int) -> np.ndarray:
-    """Decode, convert and resize one file to (C, H, W) uint8; raises BadImage."""
+def read_pixels(path: Path | BinaryIO, size: Size, channels: int) -> np.ndarray:
+    """Decode, convert and resize one file (or open binary stream) to (C, H, W) uint8; raises
+    BadImage."""
     with _open(path) as image:
         try:
             image.load()
@@ -160,8 +161,13 @@ def raise_if_bad(bad: dict[Path, str], where: str, *, skip_hint: bool) -> None:
 
 def progress(items: Sequence, description: str, quiet: bool) -> Iterator:
     """A tqdm bar on stderr, shown only to a person watching a terminal."""
-    return iter(tqdm(items, desc=description, unit="img", file=sys.stderr,
-                     disable=quiet or not sys.stderr.isatty(), leave=False))
+    return iter(progress_bar(len(items), description, quiet, items))
+
+
+def progress_bar(total: int | None, description: str, quiet: bool, items: Sequence | None = None) -> tqdm:
+    """The same bar counting images (it shows images/s), advanced by `update(n)`."""
+    return tqdm(items, total=total, desc=description, unit="img", file=sys.stderr,
+                disable=quiet or not sys.stderr.isatty(), leave=False)
 
 
 def decode_all(paths: Sequence[Path], size: Size, channels: int, quiet: bool

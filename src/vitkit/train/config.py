@@ -78,6 +78,10 @@ class TrainConfig:
     train_fraction: float = 1.0
     image_size: int | None = None
     skip_bad_images: bool = False
+    # Streaming a shard folder (`vitkit shard`): the DataLoader processes that decode it (None:
+    # one per CPU, at most 4; the batches do not depend on it) and the shuffle buffer in images.
+    workers: int | None = None
+    shuffle_buffer: int = 1000
 
     # Objectives (vitkit.objectives): knowledge distillation through a distillation token,
     # adversarial training. alpha and tau default to DeiT's for the kind of distillation.
@@ -110,12 +114,12 @@ class TrainConfig:
         choice("distill", DISTILL)
         choice("adversarial", ADVERSARIAL)
         choice("select", SELECT)
-        positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size")
+        positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size", "shuffle_buffer")
         for name in positive:
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
-        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop", "checkpoint_every")
+        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop", "checkpoint_every", "workers")
         for name in nonneg:
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -97,8 +97,8 @@ class Distributed:
         return self.rank == 0
 
     # ------------------------------------------------------------------ configuration
-    def check(self, cfg) -> None:
-        """One-line errors for what cannot work with this launch."""
+    def check(self, cfg, streaming: bool = False) -> None:
+        """One-line errors for what cannot work with this launch (`streaming`: from shards)."""
         if cfg.fsdp and not self.active:
             raise ConfigError("--fsdp shards the model across processes started by torchrun; launch "
                               "with `torchrun --nproc_per_node N -m vitkit train ...` or leave out --fsdp")
@@ -118,6 +118,10 @@ class Distributed:
         if cfg.batch_size is not None and cfg.batch_size < self.world_size:
             raise ConfigError(f"--batch-size {cfg.batch_size} (the global batch) is smaller than the "
                               f"{self.world_size} processes; each needs at least one image per step")
+        if streaming and cfg.batch_size is not None and cfg.batch_size % self.world_size:
+            raise ConfigError(f"streamed from shards, --batch-size {cfg.batch_size} (the global batch) must "
+                              f"divide by the {self.world_size} processes, which each stream batches of "
+                              "the same size")
 
     def device(self, name: str) -> torch.device:
         """Each process of a node uses its own GPU, cuda:LOCAL_RANK; cpu stays cpu."""

@@ -1,6 +1,7 @@
-"""The training loop: in-memory data on the device, batched augmentation, per-step LR schedule,
-per-epoch validation and checkpoints (and every N updates with --checkpoint-every), exact
-resume, a clean stop on SIGTERM, and no non-finite weights ever saved (docs/reliability.md).
+"""The training loop: in-memory data on the device (or a shard folder streamed through a
+DataLoader), batched augmentation, per-step LR schedule, per-epoch validation and checkpoints
+(and every N updates with --checkpoint-every), exact resume, a clean stop on SIGTERM, and no
+non-finite weights ever saved (docs/reliability.md).
 
 No host-device synchronisation inside an epoch: losses, accuracies and the first non-finite
 loss accumulate in device tensors and are read at epoch ends and checkpoints. (With
@@ -28,8 +29,9 @@ from tqdm import tqdm
 from vitkit.data import load_data
 from vitkit.data.augment import AugmentConfig, Augmenter
 from vitkit.data.dataset import training_subset
+from vitkit.data.shards import ShardBatches, is_shard_folder, load_batches, open_shards
 from vitkit.errors import CheckpointError, ConfigError, SaveError, StoppedBySignal, TrainingDiverged
-from vitkit.evaluate.classification import autocast, classification_metrics, predict_logits
+from vitkit.evaluate.classification import autocast, classification_metrics, predict_batches, predict_logits
 from vitkit.evaluate.preprocess import normalize, resize_images
 from vitkit.formats import load as load_checkpoint
 from vitkit.formats.native import save as save_model
@@ -154,20 +156,26 @@ class Trainer:
 
         self.run_dir, cfg = self.dist.on_rank0(open_run)
         self.device = self.dist.device(cfg.device) if self.dist.active else pick_device(cfg.device)
-        self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
-                              test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
-        self.data.train = training_subset(self.data.train, cfg.train_fraction, cfg.split_seed)
+        # A shard folder streams: its images stay on disk and are decoded batch by batch.
+        self.streaming = is_shard_folder(cfg.data)
+        if self.streaming:
+            self.data = open_shards(cfg.data)
+            cfg = self._fixed_split(cfg)
+        else:
+            self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
+                                  test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
+            self.data.train = training_subset(self.data.train, cfg.train_fraction, cfg.split_seed)
         for note in self.data.notes if self.dist.is_main else ():
             # Warnings print even with --quiet: they say something was left out.
             tqdm.write(f"warning: {note}", file=sys.stderr)
         if len(self.data.train) == 0 or len(self.data.val) == 0:
             raise ConfigError("the training or validation split is empty; give more images or "
-                              "change --val-fraction")
+                              "change --val-fraction" + (" when running vitkit shard" if self.streaming else ""))
         cfg = prepare_config(cfg, self.say)
         self.cfg, model_cfg, notes = resolve(cfg, self.data)
         for note in notes:
             self.say(f"auto: {note}")
-        self.dist.check(self.cfg)
+        self.dist.check(self.cfg, streaming=self.streaming)
         seed_everything(self.cfg.seed)
         self.precision = pick_precision(self.cfg.precision, self.device)
         if self.cfg.init:
@@ -195,8 +203,11 @@ class Trainer:
         self.forward = torch.compile(trained) if self.cfg.compile else trained
         self.objective = build_objective(self.cfg, self.model, self.device, self.precision)
 
-        n = len(self.data.train)
-        self.steps_per_epoch = math.ceil(n / self.cfg.batch_size)
+        # Images trained on per epoch by all ranks together. Streamed, each rank takes the same
+        # number, its own part of the stream, and the few left over sit the epoch out.
+        world = self.dist.world_size
+        self.train_count = len(self.data.train) // world * world if self.streaming else len(self.data.train)
+        self.steps_per_epoch = math.ceil(self.train_count / self.cfg.batch_size)
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / self.cfg.accum_steps)
         self.total_updates = self.updates_per_epoch * self.cfg.epochs
         self.warmup_updates = round(self.cfg.warmup_epochs * self.updates_per_epoch)
@@ -225,6 +236,21 @@ class Trainer:
     def say(self, message: str) -> None:
         if not self.quiet:
             tqdm.write(message, file=sys.stderr)
+
+    def _fixed_split(self, cfg: TrainConfig) -> TrainConfig:
+        """Shards hold the split `vitkit shard` made; the run records that one."""
+        if cfg.train_fraction < 1.0:
+            raise ConfigError("train_fraction needs data read into memory; to train on part of a shard folder, "
+                              "shard that part with `vitkit shard`")
+        made = self.data.index.get("split", {})
+        if made.get("seed") is None:  # shards another tool wrote: their split is as it is
+            return cfg
+        fixed = cfg.replace(split_seed=made["seed"], val_fraction=made["val_fraction"],
+                            test_fraction=made["test_fraction"])
+        if fixed != cfg:
+            self.say(f"note: the shards fix the split (made by vitkit shard with seed {made['seed']}, val fraction "
+                     f"{made['val_fraction']}, test fraction {made['test_fraction']}); this run records it")
+        return fixed
 
     def _restore(self) -> None:
         path = self.run_dir.last_checkpoint
@@ -295,17 +321,43 @@ class Trainer:
         (a run resumed mid-epoch skips the steps it has done). The order depends only on
         (seed, epoch), never on the global RNG, so a resumed run (and every rank of a
         distributed one) can rebuild any epoch's batches."""
+        if self.streaming:
+            yield from self._streamed_batches(epoch, start_step)
+            return
         order = epoch_order(self.cfg.seed, epoch, self.train_labels.shape[0]).to(self.device)
         batch = self.cfg.batch_size
         for step in range(start_step, self.steps_per_epoch):
             index = self.dist.shard(order[step * batch:(step + 1) * batch])
             yield self.train_images[index], self.train_labels[index]
 
+    def _streamed_batches(self, epoch: int, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The same contract from a shard folder: decoded by `workers` DataLoader processes at
+        the model's input size; the shard order and shuffle buffer are seeded by (seed, epoch)."""
+        cfg = self.model.config
+        # --batch-size is the global batch, which check() made a multiple of the world size.
+        batches = ShardBatches(self.data.train, batch_size=self.cfg.batch_size // self.dist.world_size,
+                               image_size=cfg.image_size, channels=cfg.in_chans, shuffle=True,
+                               seed=self.cfg.seed, epoch=epoch, buffer_size=self.cfg.shuffle_buffer,
+                               rank=self.dist.rank, world_size=self.dist.world_size, start_batch=start_step)
+        for images, labels in load_batches(batches, self.cfg.workers, pin_memory=self.device.type == "cuda"):
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def split_logits(self, model: VisionTransformer, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of a whole split; streamed splits are decoded batch by batch."""
+        if not self.streaming:
+            images = self.data.split(split)
+            return predict_logits(model, images.images, self.cfg.eval_batch_size, self.precision), images.labels
+        cfg = model.config
+        batches = ShardBatches(self.data.split(split), batch_size=self.cfg.eval_batch_size,
+                               image_size=cfg.image_size, channels=cfg.in_chans)
+        return predict_batches(model, load_batches(batches, self.cfg.workers, pin_memory=self.device.type == "cuda"),
+                               self.precision)
+
     def train_epoch(self, epoch: int, bar) -> dict:
         """Train epoch `epoch` from the step the progress says (0, or where a mid-epoch
         checkpoint stopped), checkpointing and stopping only right after an optimiser update."""
         self.model.train()
-        n = self.train_labels.shape[0]
+        n = self.train_count
         p = self.progress
         sums = self._epoch_sums()
         accum, batch = self.cfg.accum_steps, self.cfg.batch_size
@@ -345,7 +397,7 @@ class Trainer:
                 group_usable = True
                 if p["step"] < self.steps_per_epoch:
                     self._after_update(sums)
-            bar.update(1)
+            bar.update(min(batch, n - step * batch))  # images of the global batch
         p["step"], p["epoch_sums"] = 0, None
         sums = self._all_ranks(sums)
         return {"train_loss": float(sums["loss"]) / max(sums["images"], 1),
@@ -560,27 +612,23 @@ class Trainer:
 
     def validate(self) -> dict:
         model = self._eval_model()
-        if self.dist.active:
+        if self.dist.active and not self.streaming:
             return self.dist.validate(model, self.data.val.images, self.data.val.labels,
                                       self.cfg.eval_batch_size, self.precision)
-        logits = predict_logits(model, self.data.val.images, self.cfg.eval_batch_size, self.precision)
-        labels = self.data.val.labels.to(logits.device)
+        # Streamed, every rank reads the whole split: the same forward passes and numbers on all.
+        logits, labels = self.split_logits(model, "val")
+        labels = labels.to(logits.device)
         return {"val_loss": float(F.cross_entropy(logits, labels)),
                 "val_acc": classification_metrics(logits, labels)["top1"]}
 
     def run(self) -> dict:
-        images = self.data.train.images.to(self.device)
-        cfg = self.model.config
-        if tuple(images.shape[1:]) != (cfg.in_chans, *cfg.image_size):
-            # Resized once, kept as uint8: each step then only slices and augments.
-            images = torch.cat([resize_images(images[i:i + 1024], cfg).mul_(255).round_().to(torch.uint8)
-                                for i in range(0, images.shape[0], 1024)])
-        self.train_images = images
-        self.train_labels = self.data.train.labels.to(self.device)
+        if not self.streaming:
+            self._hold_train_images()
         p = self.progress
-        bar = tqdm(total=self.cfg.epochs * self.steps_per_epoch,
-                   initial=p["epoch"] * self.steps_per_epoch + p["step"], unit="step",
-                   dynamic_ncols=True, disable=True if self.quiet else None, file=sys.stderr, desc="train")
+        # Counting images, so the bar shows images/s.
+        done = p["epoch"] * self.train_count + min(p["step"] * self.cfg.batch_size, self.train_count)
+        bar = tqdm(total=self.cfg.epochs * self.train_count, initial=done, unit="img", dynamic_ncols=True,
+                   disable=True if self.quiet else None, file=sys.stderr, desc="train")
         with bar, self._stop_on_signals():
             for epoch in range(p["epoch"], self.cfg.epochs):
                 if p["bad_epochs"] >= self.cfg.early_stop > 0:
@@ -603,6 +651,16 @@ class Trainer:
                 if self._should_stop():
                     raise self._stopped()
         return self.finish()
+
+    def _hold_train_images(self) -> None:
+        images = self.data.train.images.to(self.device)
+        cfg = self.model.config
+        if tuple(images.shape[1:]) != (cfg.in_chans, *cfg.image_size):
+            # Resized once, kept as uint8: each step then only slices and augments.
+            images = torch.cat([resize_images(images[i:i + 1024], cfg).mul_(255).round_().to(torch.uint8)
+                                for i in range(0, images.shape[0], 1024)])
+        self.train_images = images
+        self.train_labels = self.data.train.labels.to(self.device)
 
     def _end_epoch(self, epoch: int, stats: dict) -> None:
         p = self.progress
@@ -640,8 +698,7 @@ class Trainer:
         else:
             chosen, val_acc = self.run_dir.final_checkpoint, history[-1]["val_acc"] if history else None
         model = load_checkpoint(chosen).to(self.device)
-        logits = predict_logits(model, self.data.test.images, self.cfg.eval_batch_size, self.precision)
-        test = classification_metrics(logits, self.data.test.labels)
+        test = classification_metrics(*self.split_logits(model, "test"))
         summary = {
             "test_acc": test["top1"],
             "test_top5": test["top5"],
