@@ -8,8 +8,9 @@ Under torchrun:
 - every rank builds the same (seed, epoch) order of the training set and takes its part of
   each global batch (`shard`); the loss of each part is weighted so that DDP's (or FSDP's)
   averaging of the gradients gives the mean over the global batch, whatever the world size;
-- metrics are summed across ranks once per epoch; validation is split across the ranks and
-  summed, so every rank sees the same numbers and takes the same decisions;
+- metrics are summed across ranks at epoch ends and mid-epoch checkpoints; validation is
+  split across the ranks and summed (streamed, every rank reads it all), so every rank sees
+  the same numbers and takes the same decisions;
 - what stops or skips a step (a NaN/inf loss on any rank, a signal to any rank) is decided by
   all ranks together, so that none waits forever for another that has left;
 - only rank 0 writes files; checkpoints hold the full, unsharded model and optimiser state in
