@@ -229,3 +229,12 @@ def test_train_fraction_trains_on_a_stratified_share_of_the_training_split(tmp_p
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="train_fraction"):
             TrainConfig(train_fraction=bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_resume_takes_the_device_given_to_it(tmp_path):
+    train(config(tmp_path, epochs=1), quiet=True)
+    # The saved config says "auto"; the resuming launch's --device wins, here a device this
+    # machine lacks, which must be refused rather than silently ignored.
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        Trainer(TrainConfig(out=str(tmp_path / "run"), device="cuda"), resume=True, quiet=True)

@@ -151,8 +151,13 @@ class Trainer:
 
         def open_run():
             run_dir = RunFolder.open(cfg.out, resume=resume)
-            # The checkpoint is unsharded, so whether to shard is the resuming launch's choice.
-            return run_dir, (run_dir.read_config().replace(fsdp=cfg.fsdp) if resume else cfg)
+            if not resume:
+                return run_dir, cfg
+            # The checkpoint is unsharded and on the CPU, so whether to shard and (when given)
+            # the device are the resuming launch's choice.
+            saved = run_dir.read_config()
+            return run_dir, saved.replace(fsdp=cfg.fsdp,
+                                          device=saved.device if cfg.device == "auto" else cfg.device)
 
         self.run_dir, cfg = self.dist.on_rank0(open_run)
         self.device = self.dist.device(cfg.device) if self.dist.active else pick_device(cfg.device)
