@@ -15,3 +15,23 @@ class DataError(VitkitError):
 
 class CheckpointError(VitkitError):
     """A checkpoint that cannot be read or does not fit the model."""
+
+
+class SaveError(VitkitError):
+    """A file of a run could not be written (disk full, no permission); what was saved before
+    is intact."""
+
+
+class TrainingDiverged(VitkitError):
+    """The training loss or the weights became NaN or infinite."""
+
+
+class StoppedBySignal(VitkitError):
+    """The run was asked to stop (SIGTERM, Ctrl-C), wrote a checkpoint and can be continued.
+
+    Not a mistake of the user's: the CLI prints the message without "error" and exits with
+    128 + the signal number, the code of a process ended by that signal."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number

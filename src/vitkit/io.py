@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +16,9 @@ from typing import Iterator
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
-    On any failure the temporary file is removed and whatever `path` held before is kept.
+    On any failure the temporary file is removed and whatever `path` held before is kept: the
+    old file is never opened for writing. The new file's data is synced before the rename and
+    the folder after it, so after a crash `path` holds either the old or the new content.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,9 +34,49 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_folder(path.parent)
     finally:
-        if tmp.exists():
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _sync_folder(folder: Path) -> None:
+    """A rename is durable only once the folder's entry is on disk (POSIX); Windows has no
+    folder handles to sync."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        # Some file systems (and some FUSE mounts) cannot sync a folder; the rename still happened.
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] | None = None) -> list[Path]:
+    """Delete the temporary files atomic_path left in `folder` when its process was killed
+    mid-write (for the target `names` only, or for any target). Call it only when no other
+    process writes there. Returns the files removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        target = _temporary_target(entry.name)
+        if target is not None and (names is None or target in names) and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _temporary_target(name: str) -> str | None:
+    """'last.safetensors' for '.last.safetensors.k2j3_x9.tmp' (atomic_path's names), else None."""
+    match = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+\.tmp", name)
+    return match.group(1) if match else None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -42,3 +86,20 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str]) -> None:
+    """safetensors' save_file through atomic_path. An I/O failure inside safetensors (which
+    reports it as a SafetensorError with the OS error in its text) is raised as that OSError,
+    so callers can name the reason: "No space left on device", "File too large", ..."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None

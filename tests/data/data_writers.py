@@ -57,3 +57,11 @@ def write_cifar100(folder: Path, n_train: int = 200, n_test: int = 100) -> Path:
         pickle.dump({b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
                      b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}, f)
     return folder
+
+
+def write_numbered_folder(root: Path, count: int, classes: int = 2, size=(4, 4)) -> Path:
+    """`count` grey PNGs whose every pixel is the image's number (< 256), class number % classes:
+    a decoded image tells which file it was."""
+    for number in range(count):
+        write_image(root / f"c{number % classes}" / f"{number:03d}.png", size, "L", number)
+    return root

@@ -19,6 +19,7 @@ OPTIONS = {
     "mixup": dict(mixup=0.8),
     "cutmix": dict(cutmix=1.0),
     "erasing": dict(erasing=1.0),
+    "elastic": dict(elastic=0.05),
     "everything": dict(crop="random", flip=True, randaugment=2, mixup=0.8, cutmix=1.0, erasing=0.25,
                        label_smoothing=0.1),
 }
@@ -56,6 +57,14 @@ def test_every_option_keeps_shape_and_range_and_changes_images(shape, option):
     assert targets.shape == (shape[0], 10)
     assert torch.allclose(targets.sum(1), torch.ones(shape[0]), atol=1e-6)
     assert not torch.equal(out, images)
+
+
+@pytest.mark.parametrize("option", [*OPTIONS, "affine"])
+def test_an_empty_batch_passes_through_every_option(option):
+    options = OPTIONS.get(option, dict(rotate=15.0, scale=0.15, translate=0.05))
+    out, targets = Augmenter(AugmentConfig(**options), 10, 8, 3)(torch.rand(0, 3, 8, 8),
+                                                                  torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0, 3, 8, 8) and targets.shape == (0, 10)
 
 
 @pytest.mark.parametrize("option", OPTIONS.keys())
@@ -168,7 +177,7 @@ def test_defaults_follow_the_data():
     assert small_photos.randaugment == small_photos.mixup == 0
 
 
-@pytest.mark.parametrize("bad", [dict(crop="centre"), dict(rotate=-1), dict(scale=1.0), dict(translate=0.5), dict(crop_padding=-1), dict(resized_scale=(0.5, 0.2)),
+@pytest.mark.parametrize("bad", [dict(crop="centre"), dict(rotate=-1), dict(scale=1.0), dict(translate=0.5), dict(elastic=-0.1), dict(elastic=0.5), dict(crop_padding=-1), dict(resized_scale=(0.5, 0.2)),
                                  dict(randaugment_magnitude=30), dict(mixup=-1), dict(erasing=1.5),
                                  dict(label_smoothing=2)])
 def test_nonsense_options_are_refused(bad):
@@ -247,3 +256,22 @@ def test_rotation_by_a_quarter_turn_bound_keeps_a_centred_disc():
     disc = (((y - 7.5) ** 2 + (x - 7.5) ** 2) < 16).float().expand(8, 1, 16, 16)
     rotated = random_affine(disc, 90.0, 0.0, 0.0)
     assert torch.allclose(rotated.sum(dim=(1, 2, 3)), disc.sum(dim=(1, 2, 3)), rtol=0.05)
+
+
+def test_elastic_warp_moves_pixels_by_smooth_displacements_of_the_asked_size():
+    from vitkit.data.augment import random_affine
+
+    # On a ramp whose value is the column index, a bilinear resampling reads the column it was
+    # moved from: value - column is the horizontal displacement in pixels (away from borders).
+    side = 32
+    ramp = torch.arange(side, dtype=torch.float32).expand(256, 1, side, side).contiguous()
+    torch.manual_seed(0)
+    warped = random_affine(ramp, 0.0, 0.0, 0.0, elastic=0.05)
+    shift = (warped - ramp)[:, 0, 6:-6, 6:-6]
+    # Control points have a standard deviation of 0.05 * 32 = 1.6 pixels; bicubic interpolation
+    # between them averages neighbours, so the field's spread is somewhat below that.
+    assert 0.8 < float(shift.std()) < 1.7
+    # Smooth: neighbouring pixels move almost together, unlike independent noise.
+    step = (shift[:, :, 1:] - shift[:, :, :-1]).abs().mean()
+    assert float(step) < 0.25 * float(shift.abs().mean())
+    assert torch.allclose(random_affine(ramp[:4], 0.0, 0.0, 0.0, elastic=0.0), ramp[:4], atol=1e-4)

@@ -20,6 +20,7 @@ from PIL import Image
 import vitkit
 from vitkit.formats import google_npz, hf, timm
 from vitkit.train.config import TrainConfig
+from vitkit.train.loop import new_progress
 from vitkit.train.state import save_training_state
 
 TINY = dict(image_size=16, patch_size=8, width=16, depth=1, num_heads=2, mlp_dim=32, num_classes=3)
@@ -55,9 +56,9 @@ def training_checkpoint() -> bytes:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         model(torch.zeros(1, 3, 16, 16)).sum().backward()
         optimizer.step()
-        progress = {"epoch": 1, "update": 1, "best_val_acc": 0.5, "best_epoch": 1, "bad_epochs": 0,
-                    "train_seconds": 0.1, "history": []}
-        save_training_state(folder / "last.safetensors", model, optimizer,
+        progress = {**new_progress(), "epoch": 1, "update": 1, "best_val_acc": 0.5, "best_epoch": 1,
+                    "train_seconds": 0.1}
+        save_training_state(folder / "last.safetensors", model.config, model.state_dict(), optimizer.state_dict(),
                             {k: v.clone() for k, v in model.state_dict().items()}, progress)
         return folder / "last.safetensors"
     return _written(write)

@@ -72,7 +72,8 @@ def test_the_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_p
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"} <= set(history[0])
-    assert max(h["val_acc"] for h in history) == summary["val_acc"]
+    assert max(h["val_acc"] for h in history) == summary["best_val_acc"]
+    assert summary["select"] == "last" and summary["val_acc"] == history[-1]["val_acc"]
     for png in ("loss.png", "accuracy.png", "confusion.png"):
         assert (run / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     resolved = yaml.safe_load((run / "config.yaml").read_text())
@@ -85,6 +86,20 @@ def test_the_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_p
     test = load_data("digits").test
     model = vitkit.load(summary["checkpoint"])
     assert classification_metrics(predict_logits(model, test.images), test.labels)["top1"] == summary["test_acc"]
+
+
+def test_the_result_is_the_last_model_or_with_select_best_the_best_validation_one(tmp_path):
+    last = train(config(tmp_path, "last"), quiet=True)
+    final = weights(tmp_path / "last/checkpoints/final.safetensors")
+    trained = weights(tmp_path / "last/checkpoints/last.safetensors")
+    assert last["checkpoint"].endswith("final.safetensors")
+    assert_same_tensors(final, {k: v for k, v in trained.items() if k in final})
+    best = train(config(tmp_path, "best", select="best"), quiet=True)
+    assert best["checkpoint"].endswith("best.safetensors") and best["val_acc"] == best["best_val_acc"]
+    # Same seed, same training: only the choice of model differs.
+    assert best["best_val_acc"] == last["best_val_acc"]
+    stopping = train(config(tmp_path, "stop", early_stop=1), quiet=True)
+    assert stopping["select"] == "best"
 
 
 def test_the_saved_config_reproduces_the_run_exactly(tmp_path):
@@ -214,3 +229,12 @@ def test_train_fraction_trains_on_a_stratified_share_of_the_training_split(tmp_p
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="train_fraction"):
             TrainConfig(train_fraction=bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_resume_takes_the_device_given_to_it(tmp_path):
+    train(config(tmp_path, epochs=1), quiet=True)
+    # The saved config says "auto"; the resuming launch's --device wins, here a device this
+    # machine lacks, which must be refused rather than silently ignored.
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        Trainer(TrainConfig(out=str(tmp_path / "run"), device="cuda"), resume=True, quiet=True)

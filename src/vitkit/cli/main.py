@@ -2,7 +2,9 @@
 
 A command module defines `register(subparsers)`, which adds its parser and sets
 `func=run`; `run(args)` returns the exit code. User errors raise VitkitError: printed as one
-line, exit code 2, traceback only with --debug.
+line, exit code 2, traceback only with --debug. A run stopped by a signal after saving a
+checkpoint (StoppedBySignal) prints its line and exits 128 + the signal number, as a process
+ended by that signal would: a scheduler sees it did not finish (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
-from vitkit.errors import VitkitError
+from vitkit.errors import StoppedBySignal, VitkitError
 
 COMMANDS = ["train", "eval", "predict", "models", "convert", "fewshot", "probe", "analyze",
             "experiment", "bench", "pretrain", "shard"]
@@ -54,6 +57,11 @@ def print_json(obj) -> None:
     sys.stdout.flush()
 
 
+def _which_process() -> str:
+    """Under torchrun each process that meets an error prints it: " (rank N)" says which one."""
+    return f" (rank {os.environ['RANK']})" if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -62,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except StoppedBySignal as e:
+        print(f"vitkit {args.command}{_which_process()}: {e}", file=sys.stderr)
+        return 128 + e.signal_number
     except VitkitError as e:
         if getattr(args, "debug", False):
             raise
-        print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"vitkit {args.command}: error{_which_process()}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,9 +8,11 @@ from vitkit.cli.options import MAX_IMAGE_PIXELS_HELP, add_dataclass_flags, add_m
 from vitkit.data.augment import AugmentConfig
 from vitkit.errors import ConfigError
 from vitkit.train import TrainConfig, train
+from vitkit.train.distributed import is_main_process
 
 TRAIN_HELP = {
-    "data": "digits (bundled), an image folder, a CIFAR-10/100 python folder, or an .npz with x and y",
+    "data": "digits (bundled), an image folder, a CIFAR-10/100 python folder, an .npz with x and y, or a "
+            "folder written by `vitkit shard` (streamed, never held in memory)",
     "out": "run folder (default runs/<timestamp>)",
     "model": "auto (picked from the data), custom, or a preset from `vitkit models`",
     "init": "checkpoint to fine-tune from (new zero-initialised head, embeddings resized)",
@@ -26,13 +28,23 @@ TRAIN_HELP = {
     "accum_steps": "gradient accumulation: optimiser step every N batches",
     "ema": "EMA decay of the weights (0 = off); evaluation and best checkpoint use the EMA",
     "early_stop": "stop after N epochs without a better validation accuracy (0 = off)",
+    "select": "the run's result, tested and reported: last (the model when training ends) or best "
+              "(best validation accuracy); default: best with --early-stop, else last",
+    "checkpoint_every": "also write checkpoints/last.safetensors every N optimiser updates, so a killed "
+                        "run resumes mid-epoch (0 = at epoch ends only)",
+    "skip_nonfinite": "skip the update of a step whose loss (or clipped gradient norm) is NaN/inf, "
+                      "counted in the metrics, instead of stopping the run",
     "precision": "auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16",
     "compile": "torch.compile the model",
-    "device": "auto, cpu, cuda, cuda:N",
+    "device": "auto, cpu, cuda, cuda:N (under torchrun: auto, cpu or cuda; each process takes cuda:LOCAL_RANK)",
+    "fsdp": "under torchrun, shard parameters, gradients and optimiser state across the processes "
+            "(FSDP2) instead of replicating the model (DDP); for L and H models",
     "train_fraction": "train on this stratified share (0, 1] of the training split, the same images for every seed",
     "image_size": "model input side (default: from the data)",
     "skip_bad_images": "skip unreadable images (counted in a warning) instead of stopping",
     "max_image_pixels": MAX_IMAGE_PIXELS_HELP,
+    "workers": "shard folders: DataLoader processes that decode images (unset: one per CPU, at most 4)",
+    "shuffle_buffer": "shard folders: images in the shuffle buffer",
     "teacher": "checkpoint of the teacher for distillation (any model vitkit loads, e.g. a ResNet)",
     "distill": "none, soft (KL at temperature tau) or hard (CE to the teacher's argmax), through a "
                "distillation token",
@@ -73,24 +85,27 @@ def build_config(args) -> TrainConfig:
 def run(args) -> int:
     if args.resume:
         given = set(collect(args, "train_")) | set(collect(args, "model_")) | set(collect(args, "aug_"))
-        extra = sorted(given - {"out", "device"})
+        extra = sorted(given - {"out", "device", "fsdp"})
         if extra or args.config:
             raise ConfigError("--resume continues the run with its saved config.yaml; drop "
                               + ", ".join("--" + e.replace("_", "-") for e in extra or ["config"]))
-        cfg = TrainConfig(out=getattr(args, "train_out", None), **(
-            {"device": args.train_device} if hasattr(args, "train_device") else {}))
+        launch = {k: v for k, v in collect(args, "train_").items() if k in ("device", "fsdp")}
+        cfg = TrainConfig(out=getattr(args, "train_out", None), **launch)
     else:
         cfg = build_config(args)
     summary = train(cfg, resume=args.resume, quiet=args.quiet)
+    if not is_main_process():
+        return 0
     if args.json:
         print_json(summary)
     else:
         n = summary["test_n"]
-        print(f"test accuracy {summary['test_acc']:.4f} ({round(summary['test_acc'] * n)}/{n}), "
-              f"top-5 {summary['test_top5']:.4f}; best validation {summary['val_acc']:.4f} at epoch "
-              f"{summary['best_epoch']}/{summary['epochs']}; {summary['train_seconds']:.1f} s training")
+        which = ("last" if summary["select"] == "last" else "best-validation") + " model"
+        print(f"test accuracy {summary['test_acc']:.4f} ({round(summary['test_acc'] * n)}/{n}) of the "
+              f"{which}, top-5 {summary['test_top5']:.4f}; best validation {summary['best_val_acc']:.4f} "
+              f"at epoch {summary['best_epoch']}/{summary['epochs']}; {summary['train_seconds']:.1f} s training")
         print(f"run folder: {summary['checkpoint'].rsplit('/checkpoints/', 1)[0]}  "
-              f"(best model: {summary['checkpoint']})")
+              f"(model: {summary['checkpoint']})")
     return 0
 
 

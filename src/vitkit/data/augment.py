@@ -37,6 +37,10 @@ class AugmentConfig:
     rotate: float = 0.0  # random rotation up to this many degrees either way; 0 is off
     scale: float = 0.0  # random zoom by a factor in [1 - scale, 1 + scale]
     translate: float = 0.0  # random shift up to this fraction of the side, sub-pixel (bilinear)
+    # Smooth random warp (elastic distortion, Simard et al. 2003): a displacement drawn on a 4x4
+    # grid of control points, standard deviation this fraction of the side, interpolated
+    # bicubically over the image; 0 is off.
+    elastic: float = 0.0
     crop: str = "none"  # "none", "random" (pad, then crop back at a random offset), "resized"
     crop_padding: int = 4
     resized_scale: tuple[float, float] = (0.25, 1.0)  # area fraction range of a resized crop
@@ -56,6 +60,9 @@ class AugmentConfig:
         if self.rotate < 0 or not 0 <= self.scale < 1 or not 0 <= self.translate < 0.5:
             raise ConfigError(f"rotate must be >= 0, scale in [0, 1) and translate in [0, 0.5), not "
                               f"{self.rotate}, {self.scale}, {self.translate}")
+        if not 0 <= self.elastic < 0.5:
+            raise ConfigError(f"elastic (displacement as a fraction of the side) must be in [0, 0.5), "
+                              f"not {self.elastic}")
         if self.crop_padding < 0:
             raise ConfigError(f"crop_padding must be 0 or more, not {self.crop_padding}")
         low, high = self.resized_scale
@@ -166,8 +173,11 @@ class Augmenter:
                               f"{'x'.join(map(str, images.shape[1:]))}; resize the data to the model's input")
         config = self.config
         targets = soft_targets(labels, self.num_classes, config.label_smoothing).to(images.device)
-        if config.rotate or config.scale or config.translate:
-            images = random_affine(images, config.rotate, config.scale, config.translate)
+        if images.shape[0] == 0:
+            # Nothing to transform: a distributed rank's empty part of a short last batch.
+            return images, targets
+        if config.rotate or config.scale or config.translate or config.elastic:
+            images = random_affine(images, config.rotate, config.scale, config.translate, config.elastic)
         if config.crop == "random" and config.crop_padding:
             images = random_crop(images, config.crop_padding)
         elif config.crop == "resized":
@@ -185,8 +195,10 @@ class Augmenter:
         return images, targets
 
 
-def random_affine(images: torch.Tensor, degrees: float, scale: float, translate: float) -> torch.Tensor:
-    """Rotate, zoom and shift each image by its own random amounts (bilinear, zeros outside)."""
+def random_affine(images: torch.Tensor, degrees: float, scale: float, translate: float,
+                  elastic: float = 0.0) -> torch.Tensor:
+    """Rotate, zoom, shift and (with `elastic`) smoothly warp each image by its own random
+    amounts, in one resampling (bilinear, zeros outside)."""
     batch = images.shape[0]
     angle = (torch.rand(batch) * 2 - 1) * math.radians(degrees)
     zoom = 1 + (torch.rand(batch) * 2 - 1) * scale
@@ -197,6 +209,12 @@ def random_affine(images: torch.Tensor, degrees: float, scale: float, translate:
                          torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1)
     theta = theta.to(device=images.device, dtype=images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    if elastic:
+        # Grid coordinates span 2 per side, so a displacement of `elastic` of the side is 2 * elastic.
+        control = torch.randn(batch, 2, 4, 4) * (2 * elastic)
+        field = F.interpolate(control.to(device=images.device, dtype=images.dtype),
+                              size=images.shape[-2:], mode="bicubic", align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

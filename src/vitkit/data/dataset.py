@@ -69,6 +69,22 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def carve_splits(part_labels: dict[str, np.ndarray], fractions: dict[str, float], seed: int
+                 ) -> dict[str, tuple[str, np.ndarray]]:
+    """Where train, val and test come from, as split name -> (source part, indices into it).
+
+    `part_labels` holds the labels of the parts a source provides ("train", "val", "test",
+    or one "all"). Parts given are kept whole; the missing val and test are carved from train
+    (or from "all") by `stratified_split` with `fractions["val"]` and `fractions["test"]`."""
+    pool = "all" if "all" in part_labels else "train"
+    missing = [name for name in ("val", "test") if name not in part_labels]
+    pieces = stratified_split(part_labels[pool], tuple(fractions[name] for name in missing), seed)
+    plan = {name: (name, np.arange(len(labels))) for name, labels in part_labels.items() if name != pool}
+    plan.update(zip(missing, ((pool, index) for index in pieces[:-1])))
+    plan["train"] = (pool, pieces[-1])
+    return plan
+
+
 def training_subset(train: ImageSet, fraction: float, seed: int) -> ImageSet:
     """A stratified `fraction` of a training set, deterministic for `seed`. For one seed the
     subsets are nested: each class is shuffled once and its first round(fraction * n) kept."""

@@ -10,7 +10,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -103,33 +103,43 @@ def _over_limit() -> BadImage:
 
 
 @contextlib.contextmanager
-def _open(path: Path) -> Iterator[Image.Image]:
-    """The image, read through a memory map of the file. Pillow reads some declared lengths
-    with fp.read(n), which on an ordinary file allocates n bytes before reading (a damaged PNG
-    chunk declaring a gigabyte costs a gigabyte); an mmap returns only the bytes there are."""
+def _open(path: Path | BinaryIO) -> Iterator[Image.Image]:
+    """The image of a file, read through a memory map, or of an open binary stream (an
+    in-memory one, as shards hand over). Pillow reads some declared lengths with fp.read(n),
+    which on an ordinary file allocates n bytes before reading (a damaged PNG chunk declaring a
+    gigabyte costs a gigabyte); an mmap, like a BytesIO, returns only the bytes there are."""
+    if not isinstance(path, (str, os.PathLike)):
+        with _image(path) as image:
+            yield image
+        return
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 raise BadImage("not a readable image: the file is empty")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                try:
-                    image = Image.open(view)
-                except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-                    raise _over_limit() from None
-                except Image.UnidentifiedImageError:
-                    raise BadImage("not a readable image: unknown format or damaged header") from None
-                except _DAMAGED as err:
-                    raise BadImage(f"not a readable image ({_describe(err)})") from None
-                with image:
-                    yield image
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view, _image(view) as image:
+                yield image
     except FileNotFoundError:
         raise BadImage("file not found") from None
     except PermissionError:
         raise BadImage("permission denied") from None
 
 
-def read_header(path: Path) -> ImageHeader:
-    """Size and colour of a file, read lazily; raises BadImage."""
+@contextlib.contextmanager
+def _image(stream: BinaryIO | mmap.mmap) -> Iterator[Image.Image]:
+    try:
+        image = Image.open(stream)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _over_limit() from None
+    except Image.UnidentifiedImageError:
+        raise BadImage("not a readable image: unknown format or damaged header") from None
+    except _DAMAGED as err:
+        raise BadImage(f"not a readable image ({_describe(err)})") from None
+    with image:
+        yield image
+
+
+def read_header(path: Path | BinaryIO) -> ImageHeader:
+    """Size and colour of a file (or an open binary stream), read lazily; raises BadImage."""
     with _open(path) as image:
         if image.mode not in _GREY_MODES | _COLOUR_MODES:
             raise BadImage(f"image mode {image.mode} is not supported; save it as 8-bit grey or RGB")
@@ -162,8 +172,9 @@ def _to_mode(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("L" if channels == 1 else "RGB")
 
 
-def read_pixels(path: Path, size: Size, channels: int) -> np.ndarray:
-    """Decode, convert and resize one file to (C, H, W) uint8; raises BadImage."""
+def read_pixels(path: Path | BinaryIO, size: Size, channels: int) -> np.ndarray:
+    """Decode, convert and resize one file (or open binary stream) to (C, H, W) uint8; raises
+    BadImage."""
     with _open(path) as image:
         try:
             image.load()
@@ -199,8 +210,13 @@ def raise_if_bad(bad: dict[Path, str], where: str, *, skip_hint: bool) -> None:
 
 def progress(items: Sequence, description: str, quiet: bool) -> Iterator:
     """A tqdm bar on stderr, shown only to a person watching a terminal."""
-    return iter(tqdm(items, desc=description, unit="img", file=sys.stderr,
-                     disable=quiet or not sys.stderr.isatty(), leave=False))
+    return iter(progress_bar(len(items), description, quiet, items))
+
+
+def progress_bar(total: int | None, description: str, quiet: bool, items: Sequence | None = None) -> tqdm:
+    """The same bar counting images (it shows images/s), advanced by `update(n)`."""
+    return tqdm(items, total=total, desc=description, unit="img", file=sys.stderr,
+                disable=quiet or not sys.stderr.isatty(), leave=False)
 
 
 def decode_all(paths: Sequence[Path], size: Size, channels: int, quiet: bool

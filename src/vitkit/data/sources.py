@@ -4,6 +4,8 @@
     path/to/folder    one sub-folder of images per class, or train/ [val/] [test/] holding them
     path/to/cifar     the extracted python version of CIFAR-10 or CIFAR-100
     path/to/file.npz  x (N, H, W[, C]) uint8, y (N,) integers, optional class_names
+    path/to/shards    a folder written by `vitkit shard` (dataset.json + tar shards), read
+                      whole; training streams it instead (data/shards.py)
 
 Parts a source does not provide (val, or val and test) are carved from its training images
 by a stratified split, deterministic for `split_seed`.
@@ -22,14 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from vitkit.data import cifar
-from vitkit.data.dataset import DataSplits, ImageSet, stratified_split
+from vitkit.data.dataset import DataSplits, ImageSet, carve_splits
 from vitkit.data.folders import find_split_files
 from vitkit.data.images import (BadImage, Size, as_size, decode_all, describe_bad, most_common_size,
                                 pixel_limit, progress, raise_if_bad, read_header, read_pixels)
+from vitkit.data.shards import is_shard_folder, read_shards
 from vitkit.errors import ConfigError, DataError
 from vitkit.npz import read_arrays
 
-_SOURCES_HINT = "give 'digits', an image folder, a CIFAR python folder or an .npz file"
+_SOURCES_HINT = "give 'digits', an image folder, a CIFAR python folder, an .npz file or a shard folder"
 # ITU-R 601 luma, the weights Pillow uses for RGB -> L, so arrays and files agree.
 _LUMA = (0.299, 0.587, 0.114)
 _RESIZE_CHUNK = 1024
@@ -47,7 +50,7 @@ def load_data(spec: str | os.PathLike = "digits", *, split_seed: int = 0, val_fr
     `max_image_pixels` refuses larger image files (decompression bombs): None is
     $VITKIT_MAX_IMAGE_PIXELS or Pillow's default of 89,478,485, 0 is no limit.
     """
-    _check_options(val_fraction, test_fraction, channels)
+    check_split_options(val_fraction, test_fraction, channels)
     spec = os.fspath(spec)
     size = as_size(image_size)
     fractions = {"val": val_fraction, "test": test_fraction}
@@ -66,6 +69,8 @@ def load_data(spec: str | os.PathLike = "digits", *, split_seed: int = 0, val_fr
         images, labels, names = _read_npz(path)
         return _assemble({"all": _image_set(images, labels, size, channels)}, names, f"npz:{path}",
                          split_seed, fractions, [])
+    if is_shard_folder(path):
+        return read_shards(path, size, channels)
     cifar_folder = cifar.find_cifar_folder(path)
     if cifar_folder is not None:
         (train_x, train_y), (test_x, test_y), names = cifar.read_cifar(cifar_folder)
@@ -111,7 +116,7 @@ def read_image_files(paths: Sequence[str | Path], channels: int = 3, *, max_imag
     return images
 
 
-def _check_options(val_fraction: float, test_fraction: float, channels: int | None) -> None:
+def check_split_options(val_fraction: float, test_fraction: float, channels: int | None) -> None:
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ConfigError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
                           "and leave some images for training")
@@ -246,12 +251,9 @@ def _folder_notes(bad: dict[Path, str], sizes: list[Size], size: Size, size_was_
 def _assemble(parts: dict[str, ImageSet], names: list[str], source: str, seed: int,
               fractions: dict[str, float], notes: list[str]) -> DataSplits:
     """Carve the missing val/test parts from train (or from "all") with a stratified split."""
-    pool = parts.pop("all") if "all" in parts else parts.pop("train")
-    missing = [name for name in ("val", "test") if name not in parts]
-    pieces = stratified_split(pool.labels.numpy(), tuple(fractions[name] for name in missing), seed)
-    for name, index in zip(missing, pieces[:-1]):
-        parts[name] = pool.subset(index)
-    parts["train"] = pool.subset(pieces[-1])
-    if len(parts["train"]) == 0:
+    plan = carve_splits({name: part.labels.numpy() for name, part in parts.items()}, fractions, seed)
+    pool = "all" if "all" in parts else "train"
+    sets = {name: parts[part].subset(index) if part == pool else parts[part] for name, (part, index) in plan.items()}
+    if len(sets["train"]) == 0:
         raise DataError(f"{source}: no training images are left after the split; add images")
-    return DataSplits(parts["train"], parts["val"], parts["test"], names, source=source, notes=notes)
+    return DataSplits(sets["train"], sets["val"], sets["test"], names, source=source, notes=notes)

@@ -1,8 +1,9 @@
-"""Classification metrics on in-memory data: logits, top-1/top-5 accuracy, confusion matrix."""
+"""Classification metrics: logits of in-memory or streamed images, top-1/top-5 accuracy, confusion matrix."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import Iterable
 
 import torch
 
@@ -35,6 +36,19 @@ def predict_logits(model: VisionTransformer, images: torch.Tensor, batch_size: i
     if not out:
         return torch.empty(0, cfg.num_classes)
     return torch.cat(out)
+
+
+def predict_batches(model: VisionTransformer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, K) float32 and labels (N,) for a stream of (uint8 images, labels) batches, one
+    batch in memory at a time (e.g. `vitkit.data.shards.load_batches`)."""
+    logits, labels = [], []
+    for images, batch_labels in batches:
+        logits.append(predict_logits(model, images, images.shape[0], precision))
+        labels.append(batch_labels)
+    if not logits:
+        return torch.empty(0, model.config.num_classes), torch.empty(0, dtype=torch.int64)
+    return torch.cat(logits), torch.cat(labels)
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.formats.names import check_buildable
-from vitkit.io import atomic_path
+from vitkit.io import write_safetensors
 from vitkit.models.config import ModelConfig
 
 FORMAT_KEY = "vitkit_config"
@@ -27,8 +27,7 @@ def save(model: torch.nn.Module, path: str | os.PathLike, metadata: dict | None 
     header = {FORMAT_KEY: model.config.to_json(), "format": "vitkit"}
     for key, value in (metadata or {}).items():
         header[key] = value if isinstance(value, str) else json.dumps(value)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+    write_safetensors(path, tensors, header)
     return path
 
 

@@ -11,6 +11,7 @@ import math
 
 from vitkit.data.augment import default_augment
 from vitkit.data.dataset import DataSplits
+from vitkit.data.shards import ShardedSplits, default_workers
 from vitkit.errors import ConfigError
 from vitkit.models.config import ModelConfig, as_pair
 from vitkit.models.presets import preset_config
@@ -45,7 +46,7 @@ def model_input_size(data_size: tuple[int, int]) -> tuple[int, int]:
     return tuple(max(patch, s // patch * patch) for s in data_size)
 
 
-def resolve_model(cfg: TrainConfig, data: DataSplits, notes: list[str]) -> ModelConfig:
+def resolve_model(cfg: TrainConfig, data: DataSplits | ShardedSplits, notes: list[str]) -> ModelConfig:
     options = dict(cfg.model_options)
     for key, have in (("num_classes", data.num_classes), ("in_chans", data.channels)):
         if key in options and int(options[key]) != have:
@@ -77,7 +78,7 @@ def resolve_model(cfg: TrainConfig, data: DataSplits, notes: list[str]) -> Model
 
 def describe_augment(aug: dict) -> str:
     """The options that are on, in words."""
-    parts = [f"{k} {aug[k]}" for k in ("rotate", "scale", "translate") if aug.get(k)]
+    parts = [f"{k} {aug[k]}" for k in ("rotate", "scale", "translate", "elastic") if aug.get(k)]
     if aug.get("crop") == "random" and aug.get("crop_padding"):
         parts.append(f"random crop (pad {aug['crop_padding']})")
     elif aug.get("crop") == "resized":
@@ -90,7 +91,7 @@ def describe_augment(aug: dict) -> str:
     return ", ".join(parts) or "none"
 
 
-def resolve(cfg: TrainConfig, data: DataSplits) -> tuple[TrainConfig, ModelConfig, list[str]]:
+def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits) -> tuple[TrainConfig, ModelConfig, list[str]]:
     """Fill every `None` of `cfg` from the data; returns the resolved config, the model config
     and the notes that explain the choices."""
     notes: list[str] = []
@@ -128,6 +129,16 @@ def resolve(cfg: TrainConfig, data: DataSplits) -> tuple[TrainConfig, ModelConfi
         changes["label_smoothing"] = 0.0 if finetune else 0.1
     if cfg.grad_clip is None:
         changes["grad_clip"] = 1.0
+    if cfg.workers is None:
+        changes["workers"] = default_workers()
+        if isinstance(data, ShardedSplits):
+            notes.append(f"workers: {changes['workers']} DataLoader processes decode the shards")
+    if cfg.select is None:
+        # The learning rate decays to zero, so the last model is the one training aimed at; a
+        # small validation set picks the "best" epoch noisily (on the digits the last model
+        # beat the best-validation one by 1 to 1.5 points, docs/training.md). Early stopping
+        # ends before that decay, so there the best epoch is the result.
+        changes["select"] = "best" if cfg.early_stop else "last"
     picked = dataclasses.asdict(default_augment(model_cfg.image_size, model_cfg.in_chans, n))
     picked.pop("label_smoothing")
     unknown = sorted(set(cfg.augment) - set(picked))

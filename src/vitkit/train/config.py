@@ -25,6 +25,7 @@ FREEZE = ("none", "backbone")
 RECIPES = ("default", "finetune")
 DISTILL = ("none", "soft", "hard")
 ADVERSARIAL = ("none", "fgsm", "pgd")
+SELECT = ("last", "best")
 
 
 # A config written by vitkit is about 2 KB with some 60 values. YAML aliases let a few lines
@@ -85,12 +86,23 @@ class TrainConfig:
     accum_steps: int = 1
     ema: float = 0.0
     early_stop: int = 0
+    # The run's result: "last" (the model when training ends) or "best" (best validation
+    # accuracy); None picks best with early stopping, else last (train/auto.py).
+    select: str | None = None
+    # Also write checkpoints/last.safetensors every N optimiser updates (0: at epoch ends only),
+    # so a killed run loses at most N updates (docs/reliability.md).
+    checkpoint_every: int = 0
+    # Skip an update whose loss (or clipped gradient norm) is NaN/inf instead of stopping.
+    skip_nonfinite: bool = False
 
     augment: dict[str, Any] = field(default_factory=dict)
 
     precision: str = "auto"
     compile: bool = False
     device: str = "auto"
+    # Under torchrun: shard parameters, gradients and optimiser state with FSDP2 instead of
+    # replicating the model with DDP (docs/distributed.md).
+    fsdp: bool = False
     eval_batch_size: int = 512
     seed: int = 0
     split_seed: int = 0
@@ -102,6 +114,10 @@ class TrainConfig:
     skip_bad_images: bool = False
     # Image files above this many pixels are refused; None: $VITKIT_MAX_IMAGE_PIXELS or Pillow's default.
     max_image_pixels: int | None = None
+    # Streaming a shard folder (`vitkit shard`): the DataLoader processes that decode it (None:
+    # one per CPU, at most 4; the batches do not depend on it) and the shuffle buffer in images.
+    workers: int | None = None
+    shuffle_buffer: int = 1000
 
     # Objectives (vitkit.objectives): knowledge distillation through a distillation token,
     # adversarial training. alpha and tau default to DeiT's for the kind of distillation.
@@ -133,15 +149,16 @@ class TrainConfig:
         choice("recipe", RECIPES)
         choice("distill", DISTILL)
         choice("adversarial", ADVERSARIAL)
+        choice("select", SELECT)
         if self.max_image_pixels is not None and self.max_image_pixels < 0:
             raise ConfigError("max_image_pixels must be a number of pixels, 0 for no limit; got "
                               f"{self.max_image_pixels}")
-        positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size")
+        positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size", "shuffle_buffer")
         for name in positive:
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
-        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop")
+        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop", "checkpoint_every", "workers")
         for name in nonneg:
             value = getattr(self, name)
             if value is not None and value < 0:

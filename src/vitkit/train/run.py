@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from vitkit.errors import ConfigError
-from vitkit.io import write_json, write_text
+from vitkit.io import remove_stale_temporaries, write_json, write_text
 from vitkit.train.config import TrainConfig
 
 
@@ -28,8 +28,9 @@ class RunFolder:
         path = Path(out)
         if resume:
             if not (path / "config.yaml").is_file():
-                raise ConfigError(f"{path} holds no run to resume (no config.yaml); check --out")
-        elif (path / "config.yaml").exists() or (path / "checkpoints").exists():
+                raise ConfigError(f"{path} holds no run to resume (no config.yaml); check --out, or "
+                                  "start the run anew without --resume")
+        elif (path / "config.yaml").exists() or any((path / "checkpoints").glob("*.safetensors")):
             raise ConfigError(f"{path} already holds a run; continue it with --resume or choose "
                               "another --out")
         elif path.exists() and not path.is_dir():
@@ -39,7 +40,16 @@ class RunFolder:
             (path / "plots").mkdir(exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create the run folder {path}: {e.strerror}") from None
-        return cls(path)
+        run = cls(path)
+        run.remove_stale_temporaries()
+        return run
+
+    def remove_stale_temporaries(self) -> None:
+        """Half-written files of a process killed mid-save: a run folder has one writer, so
+        whatever temporaries it holds when a run opens it are left over."""
+        remove_stale_temporaries(self.path, names=("config.yaml", "metrics.jsonl", "summary.json"))
+        remove_stale_temporaries(self.path / "checkpoints")
+        remove_stale_temporaries(self.path / "plots")
 
     @property
     def last_checkpoint(self) -> Path:
@@ -49,6 +59,18 @@ class RunFolder:
     def best_checkpoint(self) -> Path:
         return self.path / "checkpoints" / "best.safetensors"
 
+    @property
+    def final_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "final.safetensors"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
     def read_config(self) -> TrainConfig:
         cfg = TrainConfig.from_yaml(self.path / "config.yaml")
         return cfg.replace(out=str(self.path))
@@ -57,14 +79,14 @@ class RunFolder:
         write_text(self.path / "config.yaml", cfg.replace(out=str(self.path)).to_yaml())
 
     def write_metrics(self, history: list[dict]) -> None:
-        write_text(self.path / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        write_text(self.metrics_file, "".join(json.dumps(h) + "\n" for h in history))
 
     def write_summary(self, summary: dict, confusion: list[list[int]], class_names: list[str],
                       history: list[dict]) -> None:
         # Imported here: matplotlib costs a second or two at start-up, and only the end needs it.
         from vitkit.train.plots import plot_confusion, plot_curves
 
-        write_json(self.path / "summary.json", {**summary, "test_confusion": confusion})
+        write_json(self.summary_file, {**summary, "test_confusion": confusion})
         if history:
             plot_curves(history, self.path / "plots")
         plot_confusion(confusion, class_names, self.path / "plots" / "confusion.png",

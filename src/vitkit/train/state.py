@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from vitkit.errors import CheckpointError
 from vitkit.formats.native import FORMAT_KEY, read_header, read_tensors
-from vitkit.io import atomic_path
+from vitkit.io import write_safetensors
+from vitkit.models.config import ModelConfig
 
 PREFIX = "train_state."
 
@@ -47,10 +47,13 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_training_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        ema_shadow: dict[str, torch.Tensor] | None, progress: dict) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
+def save_training_state(path: str | Path, model_config: ModelConfig, model_state: dict[str, torch.Tensor],
+                        optimizer_state: dict, ema_shadow: dict[str, torch.Tensor] | None,
+                        progress: dict) -> None:
+    """`model_state` and `optimizer_state` are full (unsharded) state dicts, the optimiser's keyed
+    by parameter index as `Optimizer.state_dict()` gives them, whatever the number of processes."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    opt = optimizer_state
     for index, slots in opt["state"].items():
         for name, value in slots.items():
             if isinstance(value, torch.Tensor):
@@ -62,9 +65,8 @@ def save_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
     for k, v in rng_tensors.items():
         tensors[PREFIX + k] = v.contiguous()
     state = {"param_groups": opt["param_groups"], "progress": progress, "rng": rng_meta}
-    header = {FORMAT_KEY: model.config.to_json(), "format": "vitkit", "train_state": json.dumps(state)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+    header = {FORMAT_KEY: model_config.to_json(), "format": "vitkit", "train_state": json.dumps(state)}
+    write_safetensors(path, tensors, header)
 
 
 def load_training_state(path: str | Path) -> dict:
@@ -125,6 +127,9 @@ def check_fits_optimizer(state: dict, optimizer: torch.optim.Optimizer, path: st
 _PROGRESS = {"epoch": int, "update": int, "best_val_acc": (int, float), "best_epoch": int, "bad_epochs": int,
              "train_seconds": (int, float), "history": list}
 _HISTORY = ("epoch", "train_loss", "train_acc", "val_acc")
+# Written since mid-epoch checkpoints; older checkpoints lack them and start from zero.
+_PROGRESS_COUNTS = ("step", "skipped_updates", "skipped_in_a_row")
+_SUMS = ("loss", "correct", "images", "skipped")
 
 
 def _is(value, kinds) -> bool:
@@ -144,6 +149,12 @@ def _state_problem(state) -> str | None:
     for key, kinds in _PROGRESS.items():
         if not _is(progress.get(key), kinds):
             return f"progress has no valid {key!r}"
+    for key in _PROGRESS_COUNTS:
+        if key in progress and not (_is(progress[key], int) and progress[key] >= 0):
+            return f"progress has no valid {key!r}"
+    sums = progress.get("epoch_sums")
+    if sums is not None and not (isinstance(sums, dict) and all(_is(sums.get(k), (int, float)) for k in _SUMS)):
+        return "the running sums of the epoch in progress are damaged"
     for entry in progress["history"]:
         if not isinstance(entry, dict) or not all(_is(entry.get(k), (int, float)) for k in _HISTORY):
             return "a history entry lacks the epoch's numbers"

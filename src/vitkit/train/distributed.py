@@ -1,0 +1,348 @@
+"""Data-parallel training across the processes torchrun starts: DDP, or FSDP2 with `--fsdp`.
+
+One `Distributed` object per training run answers every question the loop has about the other
+processes. Outside torchrun it is inactive and each method is the identity (or the plain
+single-process call), so a single process trains exactly as it would without this module.
+
+Under torchrun:
+- every rank builds the same (seed, epoch) order of the training set and takes its part of
+  each global batch (`shard`); the loss of each part is weighted so that DDP's (or FSDP's)
+  averaging of the gradients gives the mean over the global batch, whatever the world size;
+- metrics are summed across ranks at epoch ends and mid-epoch checkpoints; validation is
+  split across the ranks and summed (streamed, every rank reads it all), so every rank sees
+  the same numbers and takes the same decisions;
+- what stops or skips a step (a NaN/inf loss on any rank, a signal to any rank) is decided by
+  all ranks together, so that none waits forever for another that has left;
+- only rank 0 writes files; checkpoints hold the full, unsharded model and optimiser state in
+  the single-process layout, so a run saved with N processes resumes with M;
+- rank 0 keeps the single-process random stream (seed, then the checkpointed state); every other
+  rank draws from its own stream seeded from (seed, rank, update), so augmentation and dropout
+  differ between ranks. A resume restores rank 0's stream from the checkpoint and reseeds the
+  others from the update it resumes at, whatever the new world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from vitkit.errors import CheckpointError, ConfigError, VitkitError
+from vitkit.evaluate.classification import autocast
+from vitkit.evaluate.preprocess import prepare_images
+from vitkit.formats import apply_state
+from vitkit.models.vit import VisionTransformer
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+# Set when vitkit itself started the process group, so that it also ends it.
+_started_here = False
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on its rank 0 (what prints and writes)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def end_process_group() -> None:
+    """Destroy the process group if vitkit started it (the end of `vitkit.train.train`)."""
+    global _started_here
+    if _started_here and dist.is_initialized():
+        dist.destroy_process_group()
+    _started_here = False
+
+
+def rank_seed(seed: int, rank: int, update: int) -> int:
+    """The seed of a non-zero rank's random stream, independent of the world size."""
+    return int(np.random.SeedSequence([seed, rank, update]).generate_state(1)[0])
+
+
+class Distributed:
+    """The processes of one training run; `Distributed.from_environment()` joins torchrun's."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, active: bool = False):
+        self.rank, self.world_size, self.local_rank, self.active = rank, world_size, local_rank, active
+        self.tensor_device = torch.device("cpu")  # where the small tensors of decisions live
+        self.fsdp = False
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        self.sharded: torch.nn.Module | None = None
+
+    @classmethod
+    def from_environment(cls) -> "Distributed":
+        """Inactive for a plain process; under torchrun, the process group (started here if
+        nobody started it) with gloo for CPU tensors and NCCL for CUDA ones."""
+        global _started_here
+        if not dist.is_available() or not (dist.is_initialized() or launched_by_torchrun()):
+            return cls()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if not dist.is_initialized():
+            if torch.cuda.is_available():
+                torch.cuda.set_device(local_rank)
+            # Both backends: the device is read from the run's config, which rank 0 may only
+            # know after the group exists (a resumed run's config.yaml).
+            dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+            _started_here = True
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, active=True)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ configuration
+    def check(self, cfg, streaming: bool = False) -> None:
+        """One-line errors for what cannot work with this launch (`streaming`: from shards)."""
+        if cfg.fsdp and not self.active:
+            raise ConfigError("--fsdp shards the model across processes started by torchrun; launch "
+                              "with `torchrun --nproc_per_node N -m vitkit train ...` or leave out --fsdp")
+        if not self.active:
+            return
+        if cfg.teacher or cfg.adversarial != "none":
+            raise ConfigError("distillation and adversarial training run their own forward passes "
+                              "outside DDP/FSDP and are not supported under torchrun; train them in "
+                              "one process")
+        if cfg.fsdp and cfg.ema > 0:
+            raise ConfigError("--ema keeps a full copy of the weights on every process, which --fsdp "
+                              "does not; leave out --ema or --fsdp")
+        if cfg.fsdp and cfg.skip_nonfinite and cfg.accum_steps > 1:
+            raise ConfigError("--skip-nonfinite with --fsdp needs --accum-steps 1: FSDP2 would keep the "
+                              "unreduced gradients of an accumulated batch whose last step is skipped "
+                              "and add them to the next batch")
+        if cfg.batch_size is not None and cfg.batch_size < self.world_size:
+            raise ConfigError(f"--batch-size {cfg.batch_size} (the global batch) is smaller than the "
+                              f"{self.world_size} processes; each needs at least one image per step")
+        if streaming and cfg.batch_size is not None and cfg.batch_size % self.world_size:
+            raise ConfigError(f"streamed from shards, --batch-size {cfg.batch_size} (the global batch) must "
+                              f"divide by the {self.world_size} processes, which each stream batches of "
+                              "the same size")
+
+    def device(self, name: str) -> torch.device:
+        """Each process of a node uses its own GPU, cuda:LOCAL_RANK; cpu stays cpu."""
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cpu":
+            return torch.device("cpu")
+        if name != "cuda":
+            raise ConfigError(f"--device {name}: under torchrun each process takes cuda:LOCAL_RANK; "
+                              "use --device cuda, cpu or auto")
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        self.tensor_device = torch.device("cuda", self.local_rank)
+        return self.tensor_device
+
+    # ------------------------------------------------------------------ the model
+    def wrap(self, model: torch.nn.Module, fsdp: bool) -> torch.nn.Module:
+        """What the training step calls: the model itself in one process, DDP around it, or the
+        model sharded in place by FSDP2 (each transformer block, then the root, which holds the
+        stem, embeddings, final norm and head). Build the optimiser after this."""
+        if not self.active:
+            return model
+        device = next(model.parameters()).device
+        if fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(device.type, (self.world_size,))
+            for block in model.blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            self.fsdp, self.sharded = True, model
+            return model
+        self.ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        return self.ddp
+
+    def gradient_sync(self, final: bool):
+        """Context for one micro-step's forward and backward: gradients are reduced across
+        ranks only on the final micro-step of an accumulated batch."""
+        if self.ddp is not None and not final:
+            return self.ddp.no_sync()
+        if self.sharded is not None:
+            self.sharded.set_requires_gradient_sync(final)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ data and metrics
+    def shard(self, index: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a global batch: contiguous, sizes differing by at most one (a
+        short last batch can leave a rank with none)."""
+        if not self.active:
+            return index
+        return index.tensor_split(self.world_size)[self.rank]
+
+    def sum_(self, *tensors: torch.Tensor) -> None:
+        """Sum each tensor over the ranks, in place."""
+        if self.active:
+            for tensor in tensors:
+                dist.all_reduce(tensor)
+
+    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """A copy of `value` summed over the ranks (`value` itself in one process). A sum of
+        losses is finite only if every rank's is."""
+        if not self.active:
+            return value
+        total = value.clone()
+        dist.all_reduce(total)
+        return total
+
+    def max_over_ranks(self, value: int) -> int:
+        if not self.active:
+            return value
+        tensor = torch.tensor(value, device=self.tensor_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor)
+
+    def all_finite(self, tensors: list[torch.Tensor]) -> bool:
+        """Whether every value of `tensors` is finite, on every rank (each checks its shards)."""
+        from torch.distributed.tensor import DTensor
+
+        local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+        finite = torch.stack([torch.isfinite(t).all() for t in local]).all()
+        if not self.active:
+            return bool(finite)
+        return self.max_over_ranks(int(not finite)) == 0
+
+    @torch.no_grad()
+    def validate(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 batch_size: int, precision: str) -> dict:
+        """Validation loss and accuracy of the whole split, computed in parts by the ranks and
+        summed: every rank returns the same numbers. Every rank runs the same number of
+        forward passes (FSDP gathers parameters in each), some possibly on empty parts."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        n = images.shape[0]
+        for start in range(0, n, batch_size):
+            part = self.shard(torch.arange(start, min(n, start + batch_size)))
+            x = prepare_images(images[part].to(device), model.config)
+            with autocast(device, precision):
+                logits = model(x).float()
+            y = labels[part].to(device)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        model.train(was_training)
+        self.sum_(loss_sum, correct)
+        return {"val_loss": float(loss_sum) / n, "val_acc": float(correct) / n}
+
+    # ------------------------------------------------------------------ rank 0 and the others
+    def on_rank0(self, fn):
+        """fn() run on rank 0 only, its result (or its VitkitError) handed to every rank."""
+        if not self.active:
+            return fn()
+        box: list = [None]
+        if self.is_main:
+            try:
+                box[0] = ("value", fn())
+            except VitkitError as e:
+                box[0] = ("error", type(e), str(e))
+                dist.broadcast_object_list(box, src=0)
+                raise
+            except BaseException:
+                box[0] = ("failed", None, None)
+                dist.broadcast_object_list(box, src=0)
+                raise
+        dist.broadcast_object_list(box, src=0)
+        kind, *rest = box[0]
+        if kind == "error":
+            raise rest[0](rest[1])
+        if kind == "failed":
+            raise RuntimeError("rank 0 failed; its error message says why")
+        return rest[0]
+
+    def seed_rank(self, seed: int, update: int) -> None:
+        """Give a non-zero rank its own random stream (rank 0 keeps the single-process one)."""
+        if self.active and not self.is_main:
+            stream = rank_seed(seed, self.rank, update)
+            random.seed(stream)
+            np.random.seed(stream)
+            torch.manual_seed(stream)
+
+    def broadcast_(self, tensors) -> None:
+        """Rank 0's values into every rank's tensors, in place."""
+        if self.active:
+            for tensor in tensors:
+                dist.broadcast(tensor, src=0)
+
+    # ------------------------------------------------------------------ checkpoints
+    # The full states are gathered to rank 0's CPU under FSDP, a collective every rank must
+    # join; with DDP (and in one process) rank 0 holds them already. Other ranks get None.
+    def full_model_state(self, model: torch.nn.Module) -> dict | None:
+        if not self.fsdp:
+            return model.state_dict() if self.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if self.is_main else None
+
+    def full_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+        """In the single-process layout: `Optimizer.state_dict()`'s, keyed by parameter index."""
+        if not self.fsdp:
+            return optimizer.state_dict() if self.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        state = get_optimizer_state_dict(model, optimizer,
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.is_main:
+            return None
+        index = {name: i for i, name in enumerate(parameter_names(model, optimizer))}
+        return {"state": {index[name]: slots for name, slots in state["state"].items()},
+                "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                                 for group in state["param_groups"]]}
+
+    def unsharded(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """The model itself, or under FSDP a full copy on rank 0's CPU (None elsewhere)."""
+        if not self.fsdp:
+            return model
+        state = self.full_model_state(model)
+        if state is None:
+            return None
+        full = VisionTransformer(model.config)
+        full.load_state_dict(state)
+        return full
+
+    def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   model_state: dict | None, optimizer_state: dict | None, source: str) -> None:
+        """Load a checkpoint's full states, which only rank 0 has read, into every rank's
+        (replicated or sharded) model and optimiser."""
+        if not self.active:
+            apply_state(model, model_state, source=source)
+            optimizer.load_state_dict(optimizer_state)
+            return
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        names = parameter_names(model, optimizer)
+        by_name: dict = {}
+        if self.is_main:
+            check_fits(model, model_state, source)
+            by_name = {
+                "state": {names[int(i)]: slots for i, slots in optimizer_state["state"].items()},
+                "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]}
+                                 for group in optimizer_state["param_groups"]]}
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, dict(model_state) if self.is_main else {}, options=options)
+        set_optimizer_state_dict(model, optimizer, by_name, options=options)
+
+
+def parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The model's name of each optimiser parameter, in the optimiser's index order."""
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def check_fits(model: torch.nn.Module, state: dict, source: str) -> None:
+    """The names and full shapes of `state` against the model's (sharded or not)."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = sorted(set(own) ^ set(state)) + [k for k in own if k in state and tuple(state[k].shape) != own[k]]
+    if wrong:
+        raise CheckpointError(f"{source} does not fit the model ({', '.join(wrong[:8])}"
+                              f"{' ...' if len(wrong) > 8 else ''}); is it a checkpoint of another run?")
