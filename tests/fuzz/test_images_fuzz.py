@@ -116,13 +116,20 @@ def test_100000_by_100000_pixels_are_refused_by_default(suffix):
 
 def test_regression_a_class_folder_nested_1200_deep(tmp_path):
     # Path.rglob recursed once per level: RecursionError.
-    deep = tmp_path / "d" / "cat"
-    deep.mkdir(parents=True)
+    levels = [tmp_path / "d" / "cat"]
+    levels[0].mkdir(parents=True)
     for _ in range(1200):
-        deep = deep / "a"
-        deep.mkdir()
-    (deep / "x.png").write_bytes(image_file("PNG"))
-    (tmp_path / "d" / "dog").mkdir()
-    (tmp_path / "d" / "dog" / "y.png").write_bytes(image_file("PNG"))
-    splits = reads_or_refuses(lambda: load_data(str(tmp_path / "d"), val_fraction=0, test_fraction=0, quiet=True))
-    assert splits.class_names == ["cat", "dog"] and len(splits.train) == 2
+        levels.append(levels[-1] / "a")
+        levels[-1].mkdir()
+    try:
+        (levels[-1] / "x.png").write_bytes(image_file("PNG"))
+        (tmp_path / "d" / "dog").mkdir()
+        (tmp_path / "d" / "dog" / "y.png").write_bytes(image_file("PNG"))
+        splits = reads_or_refuses(lambda: load_data(str(tmp_path / "d"), val_fraction=0, test_fraction=0,
+                                                    quiet=True))
+        assert splits.class_names == ["cat", "dog"] and len(splits.train) == 2
+    finally:
+        # Removed here, deepest first: shutil.rmtree (pytest's clean-up) recurses per level too.
+        (levels[-1] / "x.png").unlink(missing_ok=True)
+        for level in reversed(levels[1:]):
+            level.rmdir()

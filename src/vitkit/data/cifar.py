@@ -97,7 +97,9 @@ def load_pickle(path: Path) -> dict:
                         "re-extract the official python tarball") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
             OverflowError) as err:
-        raise DataError(f"{path} is not a readable CIFAR batch ({type(err).__name__}: {err}); "
+        # Messages of the unpickler can run over several lines: one line for the user.
+        detail = " ".join(str(err).split())
+        raise DataError(f"{path} is not a readable CIFAR batch ({type(err).__name__}: {detail}); "
                         "re-extract the official python tarball") from None
     if not isinstance(batch, dict):
         raise DataError(f"{path} holds a {type(batch).__name__}, not a CIFAR batch dict; "
@@ -112,7 +114,8 @@ def _field(batch: dict, key: str, path: Path):
     raise DataError(f"{path} has no {key!r} entry; is this the python version of CIFAR?")
 
 
-def _images_and_labels(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _images_and_labels(path: Path, label_key: str, part: str, meta: Path, num_classes: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
     batch = load_pickle(path)
     data, labels = _field(batch, "data", path), _field(batch, label_key, path)
     # Checked before any conversion: np.asarray of a list that repeats one memoised object
@@ -127,6 +130,9 @@ def _images_and_labels(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarr
     if not isinstance(labels, np.ndarray) or labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu":
         found = f"{labels.dtype} {labels.shape}" if isinstance(labels, np.ndarray) else f"a {type(labels).__name__}"
         raise DataError(f"{path}: {label_key!r} should be {data.shape[0]} integers (0 or more), found {found}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{path}: {part} labels run from {labels.min()} to {labels.max()} but there are "
+                        f"{num_classes} class names in {meta.name}; the files do not belong together")
     # Rows hold the red plane, then green, then blue, each 32 x 32 in row-major order.
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
@@ -164,18 +170,15 @@ def is_cifar100(folder: Path) -> bool:
 def read_cifar(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
     """(train images, labels), (test images, labels), class names. Images are (N, 3, 32, 32)."""
     if is_cifar10(folder):
-        batches = [_images_and_labels(folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
-        train = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
-        test = _images_and_labels(folder / "test_batch", "labels")
         meta = folder / "batches.meta"
         names = _names(meta, "label_names")
+        batches = [_images_and_labels(folder / f"data_batch_{i}", "labels", "train", meta, len(names))
+                   for i in range(1, 6)]
+        train = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
+        test = _images_and_labels(folder / "test_batch", "labels", "test", meta, len(names))
     else:
-        train = _images_and_labels(folder / "train", "fine_labels")
-        test = _images_and_labels(folder / "test", "fine_labels")
         meta = folder / "meta"
         names = _names(meta, "fine_label_names")
-    for part, (_, labels) in (("train", train), ("test", test)):
-        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
-            raise DataError(f"{folder}: {part} labels run from {labels.min()} to {labels.max()} but there are "
-                            f"{len(names)} class names in {meta.name}; the files do not belong together")
+        train = _images_and_labels(folder / "train", "fine_labels", "train", meta, len(names))
+        test = _images_and_labels(folder / "test", "fine_labels", "test", meta, len(names))
     return train, test, names
