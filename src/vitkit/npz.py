@@ -13,6 +13,7 @@ from __future__ import annotations
 import lzma
 import math
 import struct
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -28,9 +29,10 @@ _SLACK = 1 << 16
 _CHUNK = 1 << 22
 _MAX_HEADER = 10_000  # numpy's own limit on a .npy header
 
-# What zipfile, zlib, lzma and numpy's header parser raise on damaged bytes.
+# What zipfile, zlib, lzma and numpy's header parser (ast.literal_eval, then tokenize) raise on
+# damaged bytes.
 _DAMAGED = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, KeyError,
-            struct.error, NotImplementedError, RuntimeError)
+            struct.error, NotImplementedError, RuntimeError, SyntaxError, tokenize.TokenError, RecursionError)
 
 
 class PickledArray(ValueError):

@@ -122,3 +122,13 @@ def test_regression_a_huge_label_without_class_names():
     np.savez(buffer, x=np.zeros((3, 4, 4), np.uint8), y=np.array([0, 1, 12400325]))
     result = load_bytes(buffer.getvalue())
     assert isinstance(result, DataError) and "labels run up to 12400325 for only 3 images" in str(result)
+
+
+def test_regression_npy_header_numpy_cannot_tokenize():
+    # Found by the deep profile: numpy's header parser fell back to tokenize, which raised
+    # TokenError (neither ValueError nor anything np.load users expect).
+    header = b"{'descr': '|u1', 'fortran_order'{ False, 'shape': (4,), }"
+    padded = header + b" " * (-(len(header) + 11) % 64) + b"\n"
+    data = b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded + bytes(4)
+    result = load_bytes(npz_of({"x.npy": data, "y.npy": npy_bytes(np.array([0]))}))
+    assert isinstance(result, DataError) and "is not a readable .npz file" in str(result)
