@@ -133,3 +133,12 @@ def test_regression_a_class_folder_nested_1200_deep(tmp_path):
         (levels[-1] / "x.png").unlink(missing_ok=True)
         for level in reversed(levels[1:]):
             level.rmdir()
+
+
+def test_regression_png_whose_idat_length_says_a_gigabyte():
+    # Found by the deep profile: Pillow's PNG load_end read the declared IDAT length with
+    # fp.read(n), and a file's read(n) allocates n bytes first (MemoryError under the cap).
+    data = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\n\x00\x00\x00\x0c\x08\x02\x00\x00\x00\xd4\t\xbb\xf7"
+            b"A\x00\x00\x00IDAT\x00\x00")
+    result = read_one("x.png", data)
+    assert isinstance(result, DataError) and "x.png (corrupt or truncated" in str(result)

@@ -149,3 +149,19 @@ def image_file(fmt: str) -> bytes:
 def train_config_yaml() -> str:
     return TrainConfig(epochs=2, batch_size=8, lr=1e-3, model_options={"width": 16},
                        augment={"flip": True}).to_yaml()
+
+
+@functools.cache
+def shard_folder() -> dict[str, bytes]:
+    """What `vitkit shard` writes for six small PNGs of two classes, two per shard."""
+    from vitkit.data.shard_writer import shard_data
+
+    with scratch() as folder:
+        for label in ("cat", "dog"):
+            (folder / "pets" / label).mkdir(parents=True)
+            for i in range(3):
+                (folder / "pets" / label / f"{i}.png").write_bytes(image_file("PNG"))
+        # A pixel limit of 2**20 recorded in dataset.json bounds the size images are resized to.
+        shard_data(folder / "pets", folder / "shards", shard_size=2, val_fraction=0, test_fraction=0,
+                   max_image_pixels=2**20, quiet=True)
+        return {p.name: p.read_bytes() for p in (folder / "shards").iterdir()}

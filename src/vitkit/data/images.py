@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import sys
 import warnings
@@ -102,22 +101,33 @@ def _over_limit() -> BadImage:
                     f"(--max-image-pixels N or {PIXEL_LIMIT_VARIABLE}=N, 0 for none) if the image is genuine")
 
 
+class _ClampedReads:
+    """A file whose read(n) asks for no more than is left of it. Python's read(n) on a file
+    allocates n bytes before reading, and Pillow asks for lengths that damaged headers declare
+    (a PNG chunk claiming a gigabyte would cost a gigabyte); everything else is the file's own."""
+
+    def __init__(self, file: BinaryIO, size: int):
+        self._file, self._size = file, size
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            return self._file.read()
+        return self._file.read(max(0, min(n, self._size - self._file.tell())))
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
 @contextlib.contextmanager
 def _open(path: Path | BinaryIO) -> Iterator[Image.Image]:
-    """The image of a file, read through a memory map, or of an open binary stream (an
-    in-memory one, as shards hand over). Pillow reads some declared lengths with fp.read(n),
-    which on an ordinary file allocates n bytes before reading (a damaged PNG chunk declaring a
-    gigabyte costs a gigabyte); an mmap, like a BytesIO, returns only the bytes there are."""
+    """The image of a file, or of an open binary stream (an in-memory one, as shards hand over)."""
     if not isinstance(path, (str, os.PathLike)):
         with _image(path) as image:
             yield image
         return
     try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                raise BadImage("not a readable image: the file is empty")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view, _image(view) as image:
-                yield image
+        with open(path, "rb") as f, _image(_ClampedReads(f, os.fstat(f.fileno()).st_size)) as image:
+            yield image
     except FileNotFoundError:
         raise BadImage("file not found") from None
     except PermissionError:
@@ -125,7 +135,7 @@ def _open(path: Path | BinaryIO) -> Iterator[Image.Image]:
 
 
 @contextlib.contextmanager
-def _image(stream: BinaryIO | mmap.mmap) -> Iterator[Image.Image]:
+def _image(stream: BinaryIO | _ClampedReads) -> Iterator[Image.Image]:
     try:
         image = Image.open(stream)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
