@@ -69,7 +69,7 @@ def check_fields(cls, values: Any, what: str) -> dict:
         raise ConfigError(f"{what} must be a mapping of option: value, not {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in values if k not in known)
+    unknown = sorted(k if isinstance(k, str) and k.isprintable() else repr(k) for k in values if k not in known)
     if unknown:
         raise ConfigError(f"unknown {what} option(s): {', '.join(unknown)}")
     for name, value in values.items():

@@ -1,4 +1,4 @@
-"""Size checks of a pickle before an unpickler reads it.
+"""Checks of a pickle before an unpickler reads it.
 
 Unpicklers allocate what a pickle declares before they read it: CPython's C unpickler a
 bytes object of each declared length and a memo table as long as the largest memo index,
@@ -12,38 +12,35 @@ from __future__ import annotations
 
 import pickle
 import pickletools
-import re
+import struct
 import warnings
 from typing import BinaryIO
 
 # The opcodes that store into the memo; an index beyond the number of opcodes read so far
 # cannot come from a real pickler, which numbers memo entries 0, 1, 2, ...
 _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
-# How pickletools says that a declared length does not fit what is left of the data.
-_PAST_THE_END = re.compile(r"expected \d+ bytes in a|byte count")
 
 
-class PickleSizeError(ValueError):
-    """A pickle declares a length or memo index its own bytes cannot back."""
+class DamagedPickle(ValueError):
+    """Not a whole pickle: a declared length runs past the end of the data, a memo index is
+    out of all proportion, or the opcodes are not a pickle's (unpicklers differ in what of
+    that they notice, so nothing of it is left to them)."""
 
 
 def check_sizes(stream: BinaryIO) -> None:
-    """Walk one pickle from the stream's position to its STOP opcode; raise PickleSizeError if a
-    declared length runs past the end of the data or a memo index is out of all proportion.
-    A pickle malformed in another way passes: the unpickler stops at the same opcode and says
-    so itself. The stream must give short reads at its end (a BytesIO or an mmap)."""
+    """Walk one pickle from the stream's position to its STOP opcode, or raise DamagedPickle.
+    The stream must give short reads at its end (a BytesIO or an mmap), never allocate ahead."""
     try:
         with warnings.catch_warnings():
             # Text opcodes of random bytes hold odd escapes, which pickletools warns about.
             warnings.simplefilter("ignore", DeprecationWarning)
             for count, (opcode, arg, _) in enumerate(pickletools.genops(stream)):
                 if opcode.name in _MEMO_PUTS and isinstance(arg, int) and not 0 <= arg <= count:
-                    raise PickleSizeError(f"memo index {arg} at opcode {count}")
-    except PickleSizeError:
-        raise
-    except ValueError as e:
-        if _PAST_THE_END.search(str(e)):
-            raise PickleSizeError(str(e)) from None
+                    raise DamagedPickle(f"memo index {arg} at opcode {count}")
+    except (ValueError, OverflowError, struct.error) as e:  # pickletools' words for all of the above
+        if isinstance(e, DamagedPickle):
+            raise
+        raise DamagedPickle(" ".join(str(e).split()) or type(e).__name__) from None
 
 
 class _Anything:
@@ -81,7 +78,7 @@ class _Skimmer(pickle._Unpickler):
 
 
 def persistent_ids(stream: BinaryIO) -> list:
-    """The persistent ids of one pickle, after check_sizes has passed it; nothing it names runs."""
+    """The persistent ids of one pickle that check_sizes has passed; nothing it names runs."""
     skimmer = _Skimmer(stream)
     skimmer.load()
     return skimmer.persistent_ids

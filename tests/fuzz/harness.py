@@ -141,10 +141,10 @@ def _edit(tensors: dict, name: str, kind: str, shape: list[int], dtype: torch.dt
         tensors[name] = tensors[name].reshape(-1) if tensors[name].ndim != 1 else tensors[name][None]
     elif kind == "dtype":
         tensors[name] = tensors[name].to(dtype)
-    elif kind == "value":
+    elif kind == "value" and tensors[name].numel():
         tensors[name] = tensors[name].clone().float()
         tensors[name].view(-1)[0] = value
-    else:
+    elif kind == "add":
         tensors[name + ".extra"] = torch.zeros(shape)
 
 

@@ -56,7 +56,7 @@ def test_config_json_with_keys_missing(keys):
 
 @given(st.sampled_from(["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                         "image_size", "patch_size", "num_channels"]),
-       st.integers(2**10, 2**62), st.booleans())
+       st.integers(2**24, 2**62), st.booleans())
 def test_config_json_declaring_a_huge_model(key, value, strict):
     result = load_dir(with_json("config.json", {**CONFIG, key: value}), strict=strict)
     assert isinstance(result, CheckpointError)

@@ -19,6 +19,8 @@ from .harness import damaged, reads_or_refuses
 from .test_npz_data_fuzz import assert_sane_splits
 from .valid_files import image_file, scratch
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*:UserWarning:PIL")
+
 FORMATS = {"PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "JPEG": ".jpg", "TIFF": ".tiff", "WEBP": ".webp",
            "PPM": ".ppm"}
 # Small enough that a fuzzed header under it decodes in no time; the default is tested on its own.

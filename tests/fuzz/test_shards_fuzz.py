@@ -99,4 +99,5 @@ def test_regression_index_image_size_beyond_the_pixel_limit():
     # Found by the fuzzer: image_size [4428478, 10] resized six 12x10 images to 760 MiB.
     index = {**INDEX, "image_size": [4428478, 10]}
     result = read_folder({**shard_folder(), "dataset.json": json.dumps(index).encode()}, "dataset.json")
-    assert isinstance(result, VitkitError) and "image_size 4428478x10 is over the limit of 1048576 pixels" in str(result)
+    assert isinstance(result, VitkitError)
+    assert "image_size 4428478x10 is over the limit of 1048576 pixels" in str(result)

@@ -63,6 +63,7 @@ def test_aliases_that_multiply(width, depth):
 
 @pytest.mark.parametrize("text, expected", [
     ("1: 2\n", "unknown training option(s): 1"),                    # ", ".join([1]): TypeError
+    ("model_options: {\"\\n\": 1}\n", "unknown model option(s): '\\n'"),  # deep profile: a two-line message
     ("epochs: abc\n", "epochs must be int | None, not 'abc'"),      # int("abc"): ValueError
     ("betas: 5\n", "betas must be tuple[float, float]"),
     ("[" * 10_000, "nested too deeply"),                              # RecursionError in PyYAML

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vitkit.errors import DataError
-from vitkit.pickles import PickleSizeError, check_sizes
+from vitkit.pickles import DamagedPickle, check_sizes
 
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
                  "test_batch", "batches.meta")
@@ -92,8 +92,8 @@ def load_pickle(path: Path) -> dict:
     except _RefusedGlobal as err:
         raise DataError(f"{path} is not a plain CIFAR batch ({err}); it was not loaded. "
                         "Use the official python version of the data set") from None
-    except PickleSizeError as err:
-        raise DataError(f"{path} is not a readable CIFAR batch: it declares data beyond its end ({err}); "
+    except DamagedPickle as err:
+        raise DataError(f"{path} is not a readable CIFAR batch: a damaged pickle ({err}); "
                         "re-extract the official python tarball") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
             OverflowError) as err:

@@ -27,7 +27,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.formats.native import is_native, load_native, read_header, read_tensors, save
 from vitkit.models.config import ModelConfig
 from vitkit.models.vit import VisionTransformer
-from vitkit.pickles import PickleSizeError, check_sizes, persistent_ids
+from vitkit.pickles import DamagedPickle, check_sizes, persistent_ids
 
 # Overrides that describe the file rather than change the model: used while reading.
 READ_HINTS = ("source_image_size",)
@@ -38,31 +38,38 @@ ADAPT = ("image_size", "patch_size", "num_classes")
 def _check_legacy_sizes(path: Path) -> None:
     """A torch file of the legacy (not zip) layout holds five pickles (magic number, protocol,
     system info, the object, the storage keys) and then the storages' bytes. torch allocates
-    every declared string and storage before reading it: check the declarations fit the file."""
+    every declared string and storage before reading it: check the declarations fit the file.
+    Walked twice, with pickletools and with a skimming unpickler that runs nothing; a pickle
+    either walk cannot finish is refused, since torch's own unpickler may read on where they stop."""
     size = path.stat().st_size
     if size == 0:
         return
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        storages: dict = {}
-        for _ in range(5):
-            start = view.tell()
+        starts = []
+        while len(starts) < 5 and view.tell() < size:  # fewer pickles: torch.load names the problem
+            starts.append(view.tell())
             try:
                 check_sizes(view)
-                view.seek(start)
+            except DamagedPickle as e:
+                raise CheckpointError(f"cannot read {path}: a damaged pickle ({e}); the file is truncated "
+                                      "or not a checkpoint") from None
+        storages: dict = {}
+        for start in starts:
+            view.seek(start)
+            try:
                 ids = persistent_ids(view)
-            except PickleSizeError as e:
-                raise CheckpointError(f"cannot read {path}: it declares data beyond its end ({e}); "
-                                      "the file is truncated or damaged") from None
-            except Exception:  # malformed in another way: torch.load names the problem
-                return
+            except Exception as e:  # whatever a malformed pickle raises in Python's unpickler
+                raise CheckpointError(f"cannot read {path}: a damaged pickle ({type(e).__name__}: "
+                                      f"{' '.join(str(e).split())}); the file is truncated or not a checkpoint"
+                                      ) from None
             # A storage's persistent id is ('storage', type, key, location, number of elements, ...);
             # tensors sharing a storage repeat its id.
             storages.update((repr(pid[2]), pid[4]) for pid in ids if isinstance(pid, tuple) and len(pid) > 4
                             and isinstance(pid[4], int) and pid[4] > 0)
-            declared = sum(storages.values())
-            if declared > size:
-                raise CheckpointError(f"cannot read {path}: its storages declare {declared:,} elements but "
-                                      f"the file has {size:,} bytes; it is truncated or damaged")
+        declared = sum(storages.values())
+        if declared > size:
+            raise CheckpointError(f"cannot read {path}: its storages declare {declared:,} elements but "
+                                  f"the file has {size:,} bytes; it is truncated or damaged")
 
 
 def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
@@ -81,9 +88,10 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"refused {path}: file contains code/objects, not plain tensors"
                               + (f" ({detail.group(0).rstrip('.')})" if detail else "")) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
-            IndexError, KeyError, TypeError, AttributeError, struct.error) as e:
+            IndexError, KeyError, TypeError, AttributeError, struct.error, AssertionError) as e:
         # The weights-only unpickler walks opcodes in Python: random bytes stop it with any of
-        # these (an index past its stack, an unknown memo key, undecodable text).
+        # these (an index past its stack, an unknown memo key, undecodable text; torch's legacy
+        # loader asserts that every storage it is given was named).
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"cannot read {path}: {detail} (truncated or not a checkpoint?)") from None
     for wrapper in ("state_dict", "model", "module", "state_dict_ema"):
@@ -101,8 +109,8 @@ def _is_npz(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.endswith(".npy") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError):
+        return False  # a damaged central directory (names that are not UTF-8 ...): torch.load says more
 
 
 def _is_safetensors(path: Path) -> bool:
