@@ -103,3 +103,10 @@ def test_regression_google_npy_header_declaring_gigabytes():
     members["embedding/kernel.npy"] = npy_bytes(np.zeros(4, np.float32)).replace(b"(4,)", b"(100000000000,)")
     result = load_bytes(npz_of(members))
     assert isinstance(result, CheckpointError) and "declares a 100000000000 float32 array" in str(result)
+
+
+def test_regression_no_attention_blocks_names_the_file():
+    # Found by the deep profile: the error named no file.
+    arrays = {k: v for k, v in arrays_of("original").items() if "MultiHeadDotProductAttention" not in k}
+    result = load_bytes(npz_bytes(arrays))
+    assert isinstance(result, CheckpointError) and "no attention blocks" in str(result)

@@ -134,13 +134,13 @@ def unstack_blocks(arrays: dict[str, np.ndarray], source: str = "the checkpoint"
     return out
 
 
-def detect_layout(names) -> str:
+def detect_layout(names, source: str = "the checkpoint") -> str:
     if any("/MultiHeadDotProductAttention_1/" in k for k in names):
         return "original"
     if any(k.startswith("Transformer/encoderblock") and "/MultiHeadDotProductAttention_0/" in k
            for k in names):
         return "big_vision"
-    raise CheckpointError("an .npz with Google names but no attention blocks in either the original "
+    raise CheckpointError(f"{source}: an .npz with Google names but no attention blocks in either the original "
                           "(MultiHeadDotProductAttention_1) or big_vision (..._0) layout")
 
 
@@ -223,7 +223,7 @@ def read(path: Path, strict: bool = True, **hints) -> tuple[ModelConfig, dict[st
     if not looks_like_google(arrays):
         raise CheckpointError(f"{path} is an .npz but not a ViT checkpoint in Google's layout "
                               "(no embedding/kernel and Transformer/...)")
-    layout = detect_layout(arrays)
+    layout = detect_layout(arrays, str(path))
     cfg = infer_config(arrays, layout, str(path), hints)
     foreign = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}
     state, skipped = to_vitkit(foreign, cfg, RULES, LAYOUTS[layout], f"Google npz, {layout} layout",

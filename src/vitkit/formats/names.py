@@ -108,7 +108,7 @@ def resolve(rules: list[Rule], key: str, values: dict) -> tuple[tuple[str, ...],
     return None
 
 
-def plan(cfg: ModelConfig, rules: list[Rule], values: dict, fmt: str):
+def plan(cfg: ModelConfig, rules: list[Rule], values: dict, fmt: str, source: str | None = None):
     """[(vitkit key, foreign names, kind, expected foreign shapes)] for every tensor of the model."""
     out, unmapped = [], []
     for key, t in meta_state(cfg).items():
@@ -121,7 +121,8 @@ def plan(cfg: ModelConfig, rules: list[Rule], values: dict, fmt: str):
         out.append((key, theirs, kind, shapes))
     if unmapped:
         raise CheckpointError(
-            f"the {fmt} format has no names for these vitkit tensors: {', '.join(unmapped[:8])}"
+            (f"{source}: " if source else "")
+            + f"the {fmt} format has no names for these vitkit tensors: {', '.join(unmapped[:8])}"
             + (" ..." if len(unmapped) > 8 else "") + " (this model variant cannot be expressed in it)")
     return out
 
@@ -139,7 +140,7 @@ def to_vitkit(foreign: dict[str, torch.Tensor], cfg: ModelConfig, rules: list[Ru
     if complex_:
         raise CheckpointError(f"{source} holds complex tensors ({_listing(complex_)}); weights must be real")
     state, missing, mismatched, claimed = {}, [], [], set()
-    for key, theirs, kind, shapes in plan(cfg, rules, values, fmt):
+    for key, theirs, kind, shapes in plan(cfg, rules, values, fmt, source):
         claimed.update(theirs)
         absent = [n for n in theirs if n not in foreign]
         if absent:
