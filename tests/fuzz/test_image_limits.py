@@ -103,6 +103,7 @@ COMMANDS = {
     "analyze --images": ["analyze", "{m}", "--out", "{tmp}/a", "--images", "{d}/dog/bomb.png"],
     "analyze --data": ["analyze", "{m}", "--out", "{tmp}/a", "--data", "{d}"],
     "experiment": ["experiment", "posemb", "--data", "{d}", "--out", "{tmp}/e", "--epochs", "1"],
+    "shard": ["shard", "{d}", "--out", "{tmp}/shards"],
 }
 
 
