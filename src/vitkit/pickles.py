@@ -23,11 +23,11 @@ _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 
 class DamagedPickle(ValueError):
     """Not a whole pickle: a declared length runs past the end of the data, a memo index is
-    out of all proportion, or the opcodes are not a pickle's (unpicklers differ in what of
-    that they notice, so nothing of it is left to them)."""
+    out of all proportion, or the opcodes are not a pickle's. Unpicklers differ in which of
+    these they notice, and some allocate first, so none of it is left to them."""
 
 
-def check_sizes(stream: BinaryIO) -> None:
+def check_pickle(stream: BinaryIO) -> None:
     """Walk one pickle from the stream's position to its STOP opcode, or raise DamagedPickle.
     The stream must give short reads at its end (a BytesIO or an mmap), never allocate ahead."""
     try:
@@ -78,7 +78,7 @@ class _Skimmer(pickle._Unpickler):
 
 
 def persistent_ids(stream: BinaryIO) -> list:
-    """The persistent ids of one pickle that check_sizes has passed; nothing it names runs."""
+    """The persistent ids of one pickle that check_pickle has passed; nothing it names runs."""
     skimmer = _Skimmer(stream)
     skimmer.load()
     return skimmer.persistent_ids

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vitkit.errors import DataError
-from vitkit.pickles import DamagedPickle, check_sizes
+from vitkit.pickles import DamagedPickle, check_pickle
 
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
                  "test_batch", "batches.meta")
@@ -87,7 +87,7 @@ def load_pickle(path: Path) -> dict:
     """A CIFAR batch as a dict with bytes keys (as the official files, written by Python 2)."""
     try:
         data = path.read_bytes()
-        check_sizes(io.BytesIO(data))
+        check_pickle(io.BytesIO(data))
         batch = _ArraysOnlyUnpickler(data).load()
     except _RefusedGlobal as err:
         raise DataError(f"{path} is not a plain CIFAR batch ({err}); it was not loaded. "

@@ -27,7 +27,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.formats.native import is_native, load_native, read_header, read_tensors, save
 from vitkit.models.config import ModelConfig
 from vitkit.models.vit import VisionTransformer
-from vitkit.pickles import DamagedPickle, check_sizes, persistent_ids
+from vitkit.pickles import DamagedPickle, check_pickle, persistent_ids
 
 # Overrides that describe the file rather than change the model: used while reading.
 READ_HINTS = ("source_image_size",)
@@ -49,7 +49,7 @@ def _check_legacy_sizes(path: Path) -> None:
         while len(starts) < 5 and view.tell() < size:  # fewer pickles: torch.load names the problem
             starts.append(view.tell())
             try:
-                check_sizes(view)
+                check_pickle(view)
             except DamagedPickle as e:
                 raise CheckpointError(f"cannot read {path}: a damaged pickle ({e}); the file is truncated "
                                       "or not a checkpoint") from None
