@@ -1,8 +1,16 @@
 """User-facing errors: one clear line naming the problem and the way out."""
 
 
+# Every character str.splitlines breaks at (and the other C0 controls), written as an escape.
+_ESCAPED = {code: repr(chr(code))[1:-1] for code in [*range(32), 0x7F, 0x85, 0x2028, 0x2029]}
+
+
 class VitkitError(Exception):
     """A problem with the user's input. The CLI prints it as one line and exits 2."""
+
+    def __str__(self) -> str:
+        # Names read from a damaged file (a tensor, a zip member, an option) can hold line breaks.
+        return super().__str__().translate(_ESCAPED)
 
 
 class ConfigError(VitkitError):

@@ -197,3 +197,11 @@ def test_regression_zip_whose_member_name_is_not_utf8():
     data = buffer.getvalue().replace("\u00e9".encode(), b"\x80\x80")
     result = load_bytes(data, "m.pth")
     assert isinstance(result, CheckpointError)
+
+
+def test_regression_a_tensor_name_with_a_line_break():
+    # Found by the deep profile: a flipped byte put "\n" into a tensor's name, and the error
+    # listing it as unexpected ran over two lines. VitkitError now escapes line breaks itself.
+    tensors = {**TIMM_STATE, "b\nlocks.0.attn.qkv.bias": torch.zeros(3)}
+    result = load_bytes(safetensors.torch.save(tensors), "m.safetensors")
+    assert isinstance(result, CheckpointError) and "unexpected b\\nlocks.0.attn.qkv.bias" in str(result)
