@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitkit.cli.main import print_json
-from vitkit.errors import ConfigError, DataError
+from vitkit.cli.options import add_image_limit_flag
+from vitkit.errors import ConfigError
 
 
 def register(sub, parent) -> None:
@@ -26,24 +27,8 @@ def register(sub, parent) -> None:
     p.add_argument("--rollout-images", type=int, default=8, help="images shown in rollout.png (default 8)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help="print analysis.json's summary as one JSON object")
+    add_image_limit_flag(p)
     p.set_defaults(func=run)
-
-
-def read_images(paths) -> list:
-    """uint8 (3, H, W) tensors of image files (any size; the analysis resizes them)."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as e:
-            raise DataError(f"cannot read image {path}: {e}") from None
-        images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
-    return images
 
 
 def run(args) -> int:
@@ -57,12 +42,16 @@ def run(args) -> int:
     if args.images:
         if args.data:
             raise ConfigError("give --data or --images, not both")
-        images, source = read_images(args.images), f"{len(args.images)} image file(s)"
+        from vitkit.data import read_image_files
+
+        # Any size: the analysis resizes them to the model's input.
+        images = read_image_files(args.images, 3, max_image_pixels=args.max_image_pixels)
+        source = f"{len(args.images)} image file(s)"
     else:
         from vitkit.data import load_data
 
         spec = args.data or "digits"
-        images = load_data(spec).split(args.split).images[:args.num_images]
+        images = load_data(spec, max_image_pixels=args.max_image_pixels).split(args.split).images[:args.num_images]
         source = f"{spec} ({args.split} split, first {len(images)} images)"
     result = analyze(model, images, args.out, rollout_images=args.rollout_images,
                      batch_size=args.batch_size, progress=not args.quiet, name=Path(args.checkpoint).name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vitkit.cli.main import print_json
+from vitkit.cli.options import add_image_limit_flag
 from vitkit.data import load_data
 from vitkit.data.images import progress_bar
 from vitkit.data.shards import ShardBatches, default_workers, is_shard_folder, load_batches, open_shards
@@ -23,6 +24,7 @@ def add_data_flags(p) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share when the data has no split")
     p.add_argument("--test-fraction", type=float, default=0.2, help="test share when the data has no split")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping")
+    add_image_limit_flag(p)
 
 
 def register(sub, parent) -> None:
@@ -58,7 +60,8 @@ def run(args) -> int:
         logits, labels = _streamed_logits(model, data.split(args.split), args)
     else:
         data = load_data(args.data, split_seed=args.split_seed, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, skip_bad_images=args.skip_bad_images)
+                         test_fraction=args.test_fraction, skip_bad_images=args.skip_bad_images,
+                         max_image_pixels=args.max_image_pixels)
         _check_classes(model, data, args.data)
         split = data.split(args.split)
         labels = split.labels

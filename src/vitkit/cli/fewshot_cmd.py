@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from vitkit.cli.main import print_json
+from vitkit.cli.options import add_image_limit_flag
 from vitkit.errors import ConfigError
 
 
@@ -17,6 +18,7 @@ def add_feature_options(p) -> None:
                    help="feature cache folder (default $VITKIT_CACHE_DIR or ~/.cache/vitkit/features)")
     p.add_argument("--no-cache", action="store_true", help="always recompute the features")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_image_limit_flag(p)
 
 
 def features_from_args(args, splits):
@@ -26,7 +28,7 @@ def features_from_args(args, splits):
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
-    data = load_data(args.data)
+    data = load_data(args.data, max_image_pixels=args.max_image_pixels)
     feats = split_features(args.checkpoint, data, splits, cache_dir=args.cache_dir,
                            use_cache=not args.no_cache, batch_size=args.batch_size,
                            progress=not args.quiet)

@@ -58,6 +58,14 @@ def collect(args: argparse.Namespace, dest_prefix: str) -> dict:
 
 MODEL_FLAG_SKIP = ("image_size", "class_names", "name", "extra")
 
+MAX_IMAGE_PIXELS_HELP = ("refuse image files with more pixels (decompression bombs); default "
+                         "$VITKIT_MAX_IMAGE_PIXELS or 89478485, 0 for no limit")
+
+
+def add_image_limit_flag(parser: argparse.ArgumentParser) -> None:
+    """`--max-image-pixels N` for a command that reads image files; lands in `max_image_pixels`."""
+    parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N", help=MAX_IMAGE_PIXELS_HELP)
+
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """`--width`, `--pool`, ... : every ModelConfig field a user sets, landing in `model_*`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from vitkit.cli.main import print_json
+from vitkit.cli.options import add_image_limit_flag
 from vitkit.data import read_images
 from vitkit.evaluate.preprocess import prepare_images
 from vitkit.formats import load
@@ -19,6 +20,7 @@ def register(sub, parent) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_image_limit_flag(p)
     p.set_defaults(func=run)
 
 
@@ -26,7 +28,7 @@ def run(args) -> int:
     device = pick_device(args.device)
     model = load(args.checkpoint).to(device)
     cfg = model.config
-    images = read_images(args.images, cfg.image_size, cfg.in_chans)
+    images = read_images(args.images, cfg.image_size, cfg.in_chans, max_image_pixels=args.max_image_pixels)
     with torch.no_grad():
         probs = model(prepare_images(images.to(device), cfg)).float().softmax(dim=-1).cpu()
     k = min(args.topk, probs.shape[1])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vitkit.cli.main import print_json
-from vitkit.cli.options import add_dataclass_flags, add_model_flags, collect
+from vitkit.cli.options import MAX_IMAGE_PIXELS_HELP, add_dataclass_flags, add_model_flags, collect
 from vitkit.objectives.pretrain import PretrainConfig, pretrain
 
 PRETRAIN_HELP = {
@@ -17,6 +17,7 @@ PRETRAIN_HELP = {
     "decoder_depth": "mae: decoder blocks",
     "decoder_heads": "mae: decoder attention heads",
     "norm_pix": "mae: reconstruct pixels normalised per patch",
+    "max_image_pixels": MAX_IMAGE_PIXELS_HELP,
 }
 
 

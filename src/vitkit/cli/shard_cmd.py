@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from vitkit.cli.main import print_json
-from vitkit.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from vitkit.cli.options import add_image_limit_flag
 from vitkit.data.shard_writer import DEFAULT_SHARD_SIZE, index_shards, shard_data
 from vitkit.errors import ConfigError
 
@@ -25,8 +25,7 @@ def register(sub, parent) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2, help="test share when the data has no split")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out unreadable images (counted in a warning) instead of stopping")
-    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help=f"refuse larger images as decompression bombs (default {DEFAULT_MAX_IMAGE_PIXELS})")
+    add_image_limit_flag(p)
     p.add_argument("--overwrite", action="store_true", help="replace the shards of a non-empty --out")
     p.add_argument("--json", action="store_true", help="print dataset.json as one JSON object")
     foreign = p.add_argument_group("shards written by another tool")

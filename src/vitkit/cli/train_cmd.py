@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from vitkit.cli.main import print_json
-from vitkit.cli.options import add_dataclass_flags, add_model_flags, collect
+from vitkit.cli.options import MAX_IMAGE_PIXELS_HELP, add_dataclass_flags, add_model_flags, collect
 from vitkit.data.augment import AugmentConfig
 from vitkit.errors import ConfigError
 from vitkit.train import TrainConfig, train
@@ -42,6 +42,7 @@ TRAIN_HELP = {
     "train_fraction": "train on this stratified share (0, 1] of the training split, the same images for every seed",
     "image_size": "model input side (default: from the data)",
     "skip_bad_images": "skip unreadable images (counted in a warning) instead of stopping",
+    "max_image_pixels": MAX_IMAGE_PIXELS_HELP,
     "workers": "shard folders: DataLoader processes that decode images (unset: one per CPU, at most 4)",
     "shuffle_buffer": "shard folders: images in the shuffle buffer",
     "teacher": "checkpoint of the teacher for distillation (any model vitkit loads, e.g. a ResNet)",

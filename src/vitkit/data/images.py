@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from collections import Counter
@@ -15,7 +16,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from vitkit.errors import DataError
+from vitkit.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                             ".ppm", ".pgm", ".pbm"})
@@ -30,6 +31,14 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 Size = tuple[int, int]  # (height, width)
+
+PIXEL_LIMIT_VARIABLE = "VITKIT_MAX_IMAGE_PIXELS"
+# What Pillow's decoders raise on damaged files (besides its own UnidentifiedImageError).
+_DAMAGED = (OSError, SyntaxError, ValueError, EOFError)
+
+
+def _describe(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def is_image_file(path: Path) -> bool:
@@ -57,12 +66,28 @@ class BadImage(Exception):
     """One file that cannot be used, with the reason; collected and reported together."""
 
 
+def resolve_pixel_limit(max_image_pixels: int | None) -> int | None:
+    """The limit that applies: `max_image_pixels` if given, else $VITKIT_MAX_IMAGE_PIXELS, else
+    DEFAULT_MAX_IMAGE_PIXELS; 0 means no limit (returned as None, Pillow's word for it)."""
+    if max_image_pixels is None:
+        text = os.environ.get(PIXEL_LIMIT_VARIABLE, "").strip()
+        if not text:
+            return DEFAULT_MAX_IMAGE_PIXELS
+        if not text.isdigit():
+            raise ConfigError(f"{PIXEL_LIMIT_VARIABLE}={text!r} must be a number of pixels (0 = no limit)")
+        max_image_pixels = int(text)
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 0:
+        raise ConfigError(f"max_image_pixels must be a number of pixels, 0 for no limit; got {max_image_pixels!r}")
+    return max_image_pixels or None
+
+
 @contextlib.contextmanager
 def pixel_limit(max_image_pixels: int | None) -> Iterator[None]:
-    """Pillow refuses images above `max_image_pixels`; its warning band (1-2x) is refused too,
-    so the limit the user sets is the limit that applies."""
+    """Pillow refuses images above the limit (see resolve_pixel_limit); its warning band (1-2x)
+    is refused too, so the limit the user sets is the limit that applies."""
+    limit = resolve_pixel_limit(max_image_pixels)
     previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -73,20 +98,54 @@ def pixel_limit(max_image_pixels: int | None) -> Iterator[None]:
 
 def _over_limit() -> BadImage:
     return BadImage(f"over the limit of {Image.MAX_IMAGE_PIXELS} pixels; raise max_image_pixels "
-                    "(--max-image-pixels) if the image is genuine")
+                    f"(--max-image-pixels N or {PIXEL_LIMIT_VARIABLE}=N, 0 for none) if the image is genuine")
 
 
-def _open(path: Path | BinaryIO) -> Image.Image:
+class _ClampedReads:
+    """A file whose read(n) asks for no more than is left of it. Python's read(n) on a file
+    allocates n bytes before reading, and Pillow asks for lengths that damaged headers declare
+    (a PNG chunk claiming a gigabyte would cost a gigabyte); everything else is the file's own."""
+
+    def __init__(self, file: BinaryIO, size: int):
+        self._file, self._size = file, size
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            return self._file.read()
+        return self._file.read(max(0, min(n, self._size - self._file.tell())))
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
+@contextlib.contextmanager
+def _open(path: Path | BinaryIO) -> Iterator[Image.Image]:
+    """The image of a file, or of an open binary stream (an in-memory one, as shards hand over)."""
+    if not isinstance(path, (str, os.PathLike)):
+        with _image(path) as image:
+            yield image
+        return
     try:
-        return Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _over_limit() from None
+        with open(path, "rb") as f, _image(_ClampedReads(f, os.fstat(f.fileno()).st_size)) as image:
+            yield image
     except FileNotFoundError:
         raise BadImage("file not found") from None
+    except PermissionError:
+        raise BadImage("permission denied") from None
+
+
+@contextlib.contextmanager
+def _image(stream: BinaryIO | _ClampedReads) -> Iterator[Image.Image]:
+    try:
+        image = Image.open(stream)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _over_limit() from None
     except Image.UnidentifiedImageError:
         raise BadImage("not a readable image: unknown format or damaged header") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise BadImage(f"not a readable image ({err})") from None
+    except _DAMAGED as err:
+        raise BadImage(f"not a readable image ({_describe(err)})") from None
+    with image:
+        yield image
 
 
 def read_header(path: Path | BinaryIO) -> ImageHeader:
@@ -104,8 +163,8 @@ def _quarter_turned(image: Image.Image) -> bool:
         return False
     try:
         return image.getexif().get(_EXIF_ORIENTATION_TAG) in _QUARTER_TURNS
-    except (OSError, SyntaxError, ValueError) as err:
-        raise BadImage(f"unreadable EXIF data ({err})") from None
+    except _DAMAGED as err:
+        raise BadImage(f"unreadable EXIF data ({_describe(err)})") from None
 
 
 def _to_mode(image: Image.Image, channels: int) -> Image.Image:
@@ -132,8 +191,8 @@ def read_pixels(path: Path | BinaryIO, size: Size, channels: int) -> np.ndarray:
             image = _to_mode(ImageOps.exif_transpose(image), channels)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _over_limit() from None
-        except (OSError, SyntaxError, ValueError, EOFError) as err:
-            raise BadImage(f"corrupt or truncated ({err})") from None
+        except _DAMAGED as err:
+            raise BadImage(f"corrupt or truncated ({_describe(err)})") from None
     if (image.height, image.width) != size:
         image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     pixels = np.asarray(image, dtype=np.uint8)

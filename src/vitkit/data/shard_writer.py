@@ -27,9 +27,8 @@ from tqdm import tqdm
 from vitkit.data import cifar
 from vitkit.data.dataset import carve_splits
 from vitkit.data.folders import find_split_files
-from vitkit.data.images import (DEFAULT_MAX_IMAGE_PIXELS, BadImage, ImageHeader, Size, describe_bad,
-                                most_common_size, pixel_limit, progress, progress_bar, raise_if_bad, read_header,
-                                read_pixels)
+from vitkit.data.images import (BadImage, ImageHeader, Size, describe_bad, most_common_size, pixel_limit,
+                                progress, progress_bar, raise_if_bad, read_header, read_pixels)
 from vitkit.data.shards import (FORMAT, FORMAT_VERSION, INDEX_NAME, SPLITS, ShardFile, is_shard_folder,
                                 read_whole_shard)
 from vitkit.data.sources import check_split_options, load_data
@@ -62,7 +61,7 @@ class _Item:
 
 def shard_data(source: str | os.PathLike, out: str | os.PathLike, *, shard_size: int = DEFAULT_SHARD_SIZE,
                split_seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-               skip_bad_images: bool = False, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+               skip_bad_images: bool = False, max_image_pixels: int | None = None,
                overwrite: bool = False, quiet: bool = False) -> dict:
     """Write `source` as shards of `shard_size` images into `out`; returns dataset.json's content."""
     check_split_options(val_fraction, test_fraction, None)
@@ -103,7 +102,7 @@ def shard_data(source: str | os.PathLike, out: str | os.PathLike, *, shard_size:
 
 
 def index_shards(root: str | os.PathLike, class_names: list[str] | None = None, *,
-                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, quiet: bool = False) -> dict:
+                 max_image_pixels: int | None = None, quiet: bool = False) -> dict:
     """Write dataset.json for shards another tool wrote in the same layout (e.g. webdataset's
     ShardWriter): `{train,val,test}-*.tar` in `root`, each sample an image and a `.cls` label.
     Every sample is read once (labels checked, image headers read for the sizes, nothing

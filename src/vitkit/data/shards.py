@@ -40,8 +40,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vitkit.data.dataset import DataSplits, ImageSet
-from vitkit.data.images import (DEFAULT_MAX_IMAGE_PIXELS, IMAGE_SUFFIXES, BadImage, Size, as_size,
-                                pixel_limit, read_pixels)
+from vitkit.data.images import (IMAGE_SUFFIXES, BadImage, Size, as_size, pixel_limit, read_pixels,
+                                resolve_pixel_limit)
 from vitkit.errors import DataError, VitkitError
 
 INDEX_NAME = "dataset.json"
@@ -51,6 +51,7 @@ SPLITS = ("train", "val", "test")
 DEFAULT_SHUFFLE_BUFFER = 1000
 _IMAGE_EXTENSIONS = frozenset(suffix[1:] for suffix in IMAGE_SUFFIXES)
 _RESHARD_HINT = "re-run `vitkit shard` to write the shards again"
+_MIN_SAMPLE_BYTES = 2 * (512 + 512)
 
 
 def default_workers() -> int:
@@ -76,7 +77,7 @@ class ShardSplit:
     name: str
     shards: tuple[ShardFile, ...]
     num_classes: int
-    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: int | None = None  # as for load_data: None is $VITKIT_MAX_IMAGE_PIXELS or the default
 
     def __len__(self) -> int:
         return sum(shard.samples for shard in self.shards)
@@ -127,11 +128,11 @@ def open_shards(root: str | os.PathLike) -> ShardedSplits:
         index = json.loads(index_path.read_text())
     except FileNotFoundError:
         raise DataError(f"{root} has no {INDEX_NAME}; write shards with `vitkit shard FOLDER --out {root}`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{index_path} is not readable JSON ({err}); {_RESHARD_HINT}") from None
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: undecodable, not JSON, huge numbers
+        raise DataError(f"{index_path} is not readable JSON ({type(err).__name__}: {err}); {_RESHARD_HINT}") from None
     _check_index(index, index_path)
     names = list(index["class_names"])
-    limit = index.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+    limit = index.get("max_image_pixels")
     splits = {}
     for split in SPLITS:
         shards = tuple(ShardFile(s["file"], int(s["samples"]), int(s["bytes"]))
@@ -176,6 +177,23 @@ def _check_index(index, path: Path) -> None:
                     and isinstance(shard.get("samples"), int) and shard["samples"] >= 0
                     and isinstance(shard.get("bytes"), int)):
                 raise bad(f"a shard of split {name!r} needs a file name, samples and bytes")
+            # Epochs are planned from these counts before a shard is opened; the shard's size is
+            # checked against its file, so the count must fit in it: a sample is two tar
+            # members, each at least a 512-byte header and a 512-byte block.
+            if shard["samples"] * _MIN_SAMPLE_BYTES > shard["bytes"]:
+                raise bad(f"shard {shard['file']} claims {shard['samples']} samples in {shard['bytes']} bytes")
+    limit = index.get("max_image_pixels")
+    if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0):
+        raise bad("max_image_pixels must be a number of pixels (0 for no limit) or null")
+    # Every image is resized to image_size: no larger than an image the limit lets through.
+    pixels = resolve_pixel_limit(limit)
+    if max(size) >= 2**31 or pixels is not None and size[0] * size[1] > pixels:
+        raise bad(f"image_size {size[0]}x{size[1]} is over the limit of {pixels} pixels")
+    made = index.get("split", {})
+    if not isinstance(made, dict) or made.get("seed") is not None and not (
+            isinstance(made["seed"], int) and all(isinstance(made.get(k), (int, float)) and 0 <= made[k] < 1
+                                                  for k in ("val_fraction", "test_fraction"))):
+        raise bad("split must record the seed and the val and test fractions it was made with")
 
 
 # ---------------------------------------------------------------------- reading one shard

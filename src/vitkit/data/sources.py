@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from vitkit.data import cifar
 from vitkit.data.dataset import DataSplits, ImageSet, carve_splits
 from vitkit.data.folders import find_split_files
-from vitkit.data.images import (DEFAULT_MAX_IMAGE_PIXELS, BadImage, Size, as_size, decode_all, describe_bad,
-                                most_common_size, pixel_limit, progress, raise_if_bad, read_header)
+from vitkit.data.images import (BadImage, Size, as_size, decode_all, describe_bad, most_common_size,
+                                pixel_limit, progress, raise_if_bad, read_header, read_pixels)
 from vitkit.data.shards import is_shard_folder, read_shards
 from vitkit.errors import ConfigError, DataError
+from vitkit.npz import read_arrays
 
 _SOURCES_HINT = "give 'digits', an image folder, a CIFAR python folder, an .npz file or a shard folder"
 # ITU-R 601 luma, the weights Pillow uses for RGB -> L, so arrays and files agree.
@@ -40,12 +41,14 @@ _RESIZE_CHUNK = 1024
 def load_data(spec: str | os.PathLike = "digits", *, split_seed: int = 0, val_fraction: float = 0.1,
               test_fraction: float = 0.2, image_size: int | Sequence[int] | None = None,
               channels: int | None = None, skip_bad_images: bool = False,
-              max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, quiet: bool = False) -> DataSplits:
+              max_image_pixels: int | None = None, quiet: bool = False) -> DataSplits:
     """Read a data source into train/val/test splits of uint8 images.
 
     `image_size` (int or (H, W)) and `channels` (1 or 3) convert every image; by default a
     folder's images take its most common size and are grey only if every file is grey.
     `val_fraction` and `test_fraction` are fractions of the images being split.
+    `max_image_pixels` refuses larger image files (decompression bombs): None is
+    $VITKIT_MAX_IMAGE_PIXELS or Pillow's default of 89,478,485, 0 is no limit.
     """
     check_split_options(val_fraction, test_fraction, channels)
     spec = os.fspath(spec)
@@ -80,8 +83,9 @@ def load_data(spec: str | os.PathLike = "digits", *, split_seed: int = 0, val_fr
 
 
 def read_images(paths: Sequence[str | Path], image_size: int | Sequence[int], channels: int, *,
-                max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, quiet: bool = False) -> torch.Tensor:
-    """Image files as (N, C, H, W) uint8, each converted and resized to a model's input."""
+                max_image_pixels: int | None = None, quiet: bool = False) -> torch.Tensor:
+    """Image files as (N, C, H, W) uint8, each converted and resized to a model's input;
+    `max_image_pixels` as for load_data."""
     paths = [Path(p).expanduser() for p in paths]
     missing = [p for p in paths if not p.is_file()]
     if missing:
@@ -90,6 +94,24 @@ def read_images(paths: Sequence[str | Path], image_size: int | Sequence[int], ch
         raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), not {channels}")
     with pixel_limit(max_image_pixels):
         images, _, bad = decode_all(paths, as_size(image_size), channels, quiet)
+    raise_if_bad(bad, "the given files", skip_hint=False)
+    return images
+
+
+def read_image_files(paths: Sequence[str | Path], channels: int = 3, *, max_image_pixels: int | None = None
+                     ) -> list[torch.Tensor]:
+    """Image files as (C, H, W) uint8 tensors, each at its own size; `max_image_pixels` as for
+    load_data."""
+    paths = [Path(p).expanduser() for p in paths]
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), not {channels}")
+    images, bad = [], {}
+    with pixel_limit(max_image_pixels):
+        for path in paths:
+            try:
+                images.append(torch.from_numpy(read_pixels(path, read_header(path).size, channels).copy()))
+            except BadImage as err:
+                bad[path] = str(err)
     raise_if_bad(bad, "the given files", skip_hint=False)
     return images
 
@@ -117,7 +139,7 @@ def _archive_hint(path: Path) -> str:
 
 def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     with resources.files("vitkit.data").joinpath("digits.npz").open("rb") as f:
-        data = np.load(f)
+        data = np.load(f, allow_pickle=False)
         return data["x"][:, None], data["y"], [str(i) for i in range(10)]
 
 
@@ -126,18 +148,12 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     layout = "it needs x (N, H, W[, C]) uint8, y (N,) integer labels and optionally class_names"
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path} is not a readable .npz file (not a zip archive); {layout}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [key for key in ("x", "y") if key not in data.files]
-            if missing:
-                raise DataError(f"{path} has no {' or '.join(missing)} array; {layout}")
-            x, y = data["x"], data["y"]
-            names = data["class_names"] if "class_names" in data.files else None
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise DataError(f"{path} is not a readable .npz file ({err}); {layout}") from None
-    except ValueError as err:
-        raise DataError(f"{path} holds pickled objects, which vitkit does not load ({err}); store "
-                        "class_names as a string array, e.g. np.array(names, dtype=str)") from None
+    data = read_arrays(path, DataError, layout + " (store class_names as a string array, "
+                                              "e.g. np.array(names, dtype=str))")
+    missing = [key for key in ("x", "y") if key not in data]
+    if missing:
+        raise DataError(f"{path} has no {' or '.join(missing)} array; {layout}")
+    x, y, names = data["x"], data["y"], data.get("class_names")
     if x.dtype != np.uint8:
         raise DataError(f"{path}: x is {x.dtype}; it must be uint8 with values 0..255")
     if x.ndim == 3:
@@ -153,6 +169,10 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         raise DataError(f"{path} holds no images")
     if names is not None and (names.ndim != 1 or names.dtype.kind not in "US"):
         raise DataError(f"{path}: class_names is {names.dtype} {names.shape}; it must be a 1-D string array")
+    if names is None and y.max() >= len(y):
+        # Classes named by number would be 0..max: never more of them than there are images.
+        raise DataError(f"{path}: labels run up to {y.max()} for only {len(y)} images; number the classes "
+                        "0..classes-1, or store their names in class_names")
     class_names = [str(n) for n in names] if names is not None else [str(i) for i in range(int(y.max()) + 1)]
     if y.min() < 0 or y.max() >= len(class_names):
         raise DataError(f"{path}: labels run from {y.min()} to {y.max()} but there are {len(class_names)} "

@@ -104,10 +104,11 @@ def cached_features(checkpoint: str | os.PathLike, model: torch.nn.Module, split
     if path.exists():
         try:
             stored = load_file(str(path))["features"]
-            if stored.shape[0] == len(images):
+            # Anything but (N, F) float32 features is a damaged entry, recomputed and overwritten.
+            if stored.dtype == torch.float32 and tuple(stored.shape) == (len(images), model.num_features):
                 return stored
-        except (SafetensorError, OSError, KeyError, RuntimeError):
-            pass  # an unreadable cache entry is recomputed and overwritten
+        except (SafetensorError, OSError, KeyError, RuntimeError, ValueError):
+            pass
     features = extract_features(model, images, batch_size, progress)
     with atomic_path(path) as tmp:
         save_file({"features": features.contiguous()}, str(tmp),

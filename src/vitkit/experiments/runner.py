@@ -118,7 +118,8 @@ def check_same_config(stored: TrainConfig, wanted: TrainConfig, run_dir: Path) -
     """A finished or interrupted run is reused only if it was trained with this cell's config."""
     have, want = _plain(stored.to_dict()), _plain(wanted.to_dict())
     for key, value in want.items():
-        if key == "out" or value is None:
+        # The pixel limit decides which files are read, not what is trained on them.
+        if key in ("out", "max_image_pixels") or value is None:
             continue
         if isinstance(value, dict):
             differ = [k for k in value if have[key].get(k) != value[k]]
@@ -129,6 +130,41 @@ def check_same_config(stored: TrainConfig, wanted: TrainConfig, run_dir: Path) -
         elif have.get(key) != value:
             raise ConfigError(f"{run_dir} was run with {key}={have.get(key)!r}, not {value!r}; "
                               "use another --out, or the settings it was run with")
+
+
+# What a finished run's summary.json must hold for the experiment's table, and of what kind.
+SUMMARY_FIELDS = {"test_acc": (int, float), "val_acc": (int, float), "epochs": int, "params": int,
+                  "train_seconds": (int, float), "checkpoint": str}
+
+
+def _json_object(path: Path) -> dict | None:
+    """The JSON object in a file of the experiment folder, or None if it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):  # ValueError: undecodable, not JSON, huge numbers
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_summary(path: Path) -> dict:
+    """A finished run's summary.json; a damaged one is a ConfigError naming the run to delete."""
+    summary = _json_object(path)
+    bad = "not a JSON object" if summary is None else next(
+        (f"no valid {key!r}" for key, kinds in SUMMARY_FIELDS.items()
+         if not isinstance(summary.get(key), kinds) or isinstance(summary.get(key), bool)), None)
+    if bad:
+        raise ConfigError(f"{path} is damaged ({bad}); delete the folder {path.parent} to train that run again")
+    return summary
+
+
+def read_fewshot(path: Path, repeats: int) -> dict | None:
+    """A stored few-shot score of `repeats` draws, or None if there is none that can be used
+    (missing, damaged, or of another number of draws): it is then computed again."""
+    score = _json_object(path) if path.is_file() else None
+    if score is None or score.get("repeats") != repeats or "accuracy" not in score or not (
+            score["accuracy"] is None or isinstance(score["accuracy"], (int, float))):
+        return None
+    return score
 
 
 def fewshot_score(checkpoint: str, train_images, test_images, shots: int, repeats: int, seed: int) -> dict:
@@ -153,7 +189,7 @@ def run_cell(setup: Setup, cell: Cell, seed: int, run_dir: Path, fewshot: bool,
     label = f"[{position}] {cell.name} seed {seed}"
     if summary_path.is_file():
         check_same_config(TrainConfig.from_yaml(config_path), wanted, run_dir)
-        summary = json.loads(summary_path.read_text())
+        summary = read_summary(summary_path)
         status = "finished earlier, read"
     else:
         resume = config_path.is_file() and (run_dir / "checkpoints" / "last.safetensors").is_file()
@@ -173,8 +209,8 @@ def run_cell(setup: Setup, cell: Cell, seed: int, run_dir: Path, fewshot: bool,
     if fewshot:
         s = setup.settings
         path = run_dir / f"fewshot{s.shots}.json"
-        score = json.loads(path.read_text()) if path.is_file() else None
-        if score is None or score.get("repeats") != s.fewshot_repeats:
+        score = read_fewshot(path, s.fewshot_repeats)
+        if score is None:
             fraction = wanted.train_fraction
             train_part = training_subset(setup.data.train, fraction, wanted.split_seed)
             score = fewshot_score(summary["checkpoint"], train_part, setup.data.test, s.shots,
@@ -215,12 +251,17 @@ def run_experiment(experiment: Experiment, settings: Settings) -> dict:
     out = Path(settings.out)
     marker = out / "experiment.json"
     if marker.is_file():
-        earlier = json.loads(marker.read_text()).get("experiment")
+        stored = _json_object(marker)
+        if stored is None:
+            raise ConfigError(f"{marker} is damaged (not a JSON object); delete it if {out} holds the "
+                              f"{experiment.name!r} experiment")
+        earlier = stored.get("experiment")
         if earlier != experiment.name:
             raise ConfigError(f"{out} holds the {earlier!r} experiment; choose another --out for {experiment.name!r}")
     data = load_data(settings.data, split_seed=settings.train_options.get("split_seed", 0),
                      val_fraction=settings.train_options.get("val_fraction", 0.1),
-                     test_fraction=settings.train_options.get("test_fraction", 0.2))
+                     test_fraction=settings.train_options.get("test_fraction", 0.2),
+                     max_image_pixels=settings.train_options.get("max_image_pixels"))
     setup = Setup(settings, data, pinned_base(settings, data))
     cells = experiment.cells(setup)
     write_json(marker, {"experiment": experiment.name, "data": settings.data})

@@ -12,6 +12,7 @@ picks the module from the file itself:
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import re
@@ -26,6 +27,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.formats.native import is_native, load_native, read_header, read_tensors, save
 from vitkit.models.config import ModelConfig
 from vitkit.models.vit import VisionTransformer
+from vitkit.pickles import DamagedPickle, check_pickle, persistent_ids
 
 # Overrides that describe the file rather than change the model: used while reading.
 READ_HINTS = ("source_image_size",)
@@ -33,8 +35,47 @@ READ_HINTS = ("source_image_size",)
 ADAPT = ("image_size", "patch_size", "num_classes")
 
 
+def _check_legacy_sizes(path: Path) -> None:
+    """A torch file of the legacy (not zip) layout holds five pickles (magic number, protocol,
+    system info, the object, the storage keys) and then the storages' bytes. torch allocates
+    every declared string and storage before reading it: check the declarations fit the file.
+    Walked twice, with pickletools and with a skimming unpickler that runs nothing; a pickle
+    either walk cannot finish is refused, since torch's own unpickler may read on where they stop."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        starts = []
+        while len(starts) < 5 and view.tell() < size:  # fewer pickles: torch.load names the problem
+            starts.append(view.tell())
+            try:
+                check_pickle(view)
+            except DamagedPickle as e:
+                raise CheckpointError(f"cannot read {path}: a damaged pickle ({e}); the file is truncated "
+                                      "or not a checkpoint") from None
+        storages: dict = {}
+        for start in starts:
+            view.seek(start)
+            try:
+                ids = persistent_ids(view)
+            except Exception as e:  # whatever a malformed pickle raises in Python's unpickler
+                raise CheckpointError(f"cannot read {path}: a damaged pickle ({type(e).__name__}: "
+                                      f"{' '.join(str(e).split())}); the file is truncated or not a checkpoint"
+                                      ) from None
+            # A storage's persistent id is ('storage', type, key, location, number of elements, ...);
+            # tensors sharing a storage repeat its id.
+            storages.update((repr(pid[2]), pid[4]) for pid in ids if isinstance(pid, tuple) and len(pid) > 4
+                            and isinstance(pid[4], int) and pid[4] > 0)
+        declared = sum(storages.values())
+        if declared > size:
+            raise CheckpointError(f"cannot read {path}: its storages declare {declared:,} elements but "
+                                  f"the file has {size:,} bytes; it is truncated or damaged")
+
+
 def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict from a torch pickle, refusing anything that is not tensors."""
+    if not zipfile.is_zipfile(path):
+        _check_legacy_sizes(path)
     try:
         with warnings.catch_warnings():
             # Garbage bytes can look like an unknown pickle protocol; torch warns before failing.
@@ -47,9 +88,10 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"refused {path}: file contains code/objects, not plain tensors"
                               + (f" ({detail.group(0).rstrip('.')})" if detail else "")) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
-            IndexError, KeyError, TypeError, AttributeError, struct.error) as e:
+            IndexError, KeyError, TypeError, AttributeError, struct.error, AssertionError) as e:
         # The weights-only unpickler walks opcodes in Python: random bytes stop it with any of
-        # these (an index past its stack, an unknown memo key, undecodable text).
+        # these (an index past its stack, an unknown memo key, undecodable text; torch's legacy
+        # loader asserts that every storage it is given was named).
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"cannot read {path}: {detail} (truncated or not a checkpoint?)") from None
     for wrapper in ("state_dict", "model", "module", "state_dict_ema"):
@@ -67,8 +109,8 @@ def _is_npz(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.endswith(".npy") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError):
+        return False  # a damaged central directory (names that are not UTF-8 ...): torch.load says more
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -102,9 +144,15 @@ def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
     `hints` settle what the tensors cannot say: num_heads (fused qkv), source_image_size
     (a non-square grid), posemb (a fixed embedding that is not stored). The metadata's
     "skipped" lists foreign tensors left out when strict=False."""
+    path = Path(path)
+    cfg, state, meta = _read_any(path, strict, hints)
+    _check_values(state, path)
+    return cfg, state, meta
+
+
+def _read_any(path: Path, strict: bool, hints: dict) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     from vitkit.formats import google_npz, hf
 
-    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     if path.is_dir():
@@ -113,6 +161,8 @@ def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
         raise CheckpointError(f"{path} is a directory without config.json (expected a Hugging Face ViT)")
     if path.suffix == ".onnx":
         raise CheckpointError(f"{path}: ONNX is an export format; load the checkpoint it was made from")
+    if path.suffix == ".safetensors":
+        read_header(path)  # a damaged one is refused here, naming what is wrong with it
     if _is_safetensors(path):
         if is_native(path):
             cfg, state, meta = load_native(path)
@@ -123,6 +173,19 @@ def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
     if path.suffix in (".npz", ".safetensors"):
         raise CheckpointError(f"cannot read {path}: not a valid {path.suffix} file (truncated?)")
     return _read_state_dict(read_torch_file(path), path, strict, hints)
+
+
+def _check_values(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights that are NaN, infinite or complex make every output meaningless: refuse them by name."""
+    complex_ = [k for k, v in state.items() if v.is_complex()]
+    if complex_:
+        raise CheckpointError(f"{path} holds complex tensors ({', '.join(complex_[:4])}); weights must be real")
+    # float32 first: isfinite is not implemented for every 8-bit float type.
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v.float()).all())]
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinite values in {len(bad)} tensor(s) "
+                              f"({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); the file is damaged "
+                              "or was saved from a run that diverged")
 
 
 def apply_state(model: VisionTransformer, state: dict[str, torch.Tensor], strict: bool = True,
@@ -176,6 +239,7 @@ def load_with_info(path: str | os.PathLike, strict: bool = True, **overrides
         raise CheckpointError(f"cannot apply overrides to {path}: {e}") from None
     model = VisionTransformer(cfg)
     skipped = list(meta.get("skipped", [])) + apply_state(model, state, strict=strict, source=str(path))
+    skipped = list(dict.fromkeys(skipped))  # what the format reader skipped, apply_state misses again
     if skipped:
         warnings.warn(f"{path}: strict=False skipped {len(skipped)} tensor(s): {', '.join(skipped)}",
                       stacklevel=2)

@@ -31,6 +31,7 @@ from vitkit.formats.names import Rule, from_vitkit, require, to_vitkit
 from vitkit.io import atomic_path
 from vitkit.models.config import ModelConfig
 from vitkit.models.posemb import grid_from_tokens
+from vitkit.npz import read_arrays
 
 LAYOUTS = {
     "original": dict(ln1="LayerNorm_0", attn="MultiHeadDotProductAttention_1", ln2="LayerNorm_2",
@@ -100,15 +101,7 @@ def is_npz(path: Path) -> bool:
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of an .npz, refusing pickled objects, with big_vision's `params/` stripped."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise CheckpointError(f"refused {path}: file contains code/objects, not plain tensors") from None
-        raise CheckpointError(f"cannot read {path}: {e} (truncated or not an .npz file?)") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
-        raise CheckpointError(f"cannot read {path}: {e} (truncated or not an .npz file?)") from None
+    arrays = read_arrays(path, CheckpointError, "truncated, or not a Google ViT checkpoint?")
     if any(k.startswith("params/") for k in arrays):
         # A big_vision training checkpoint also holds optimiser state ("opt/..."): the model is
         # the params/ tree; what else was there is listed, not silently dropped.
@@ -124,13 +117,16 @@ def looks_like_google(names) -> bool:
     return "embedding/kernel" in names and any(k.startswith("Transformer/") for k in names)
 
 
-def unstack_blocks(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def unstack_blocks(arrays: dict[str, np.ndarray], source: str = "the checkpoint") -> dict[str, np.ndarray]:
     """big_vision's scanned encoder stores `Transformer/encoderblock/...` with the blocks on a
     leading axis; give each block its own `encoderblock_i` names."""
     out = {}
     prefix = "Transformer/encoderblock/"
     for key, value in arrays.items():
         if key.startswith(prefix):
+            if value.ndim == 0:
+                raise CheckpointError(f"{source}: {key} is a scalar, but a scanned encoder stacks its "
+                                      "blocks on a leading axis")
             for i in range(value.shape[0]):
                 out[f"Transformer/encoderblock_{i}/{key[len(prefix):]}"] = value[i]
         else:
@@ -138,13 +134,13 @@ def unstack_blocks(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def detect_layout(names) -> str:
+def detect_layout(names, source: str = "the checkpoint") -> str:
     if any("/MultiHeadDotProductAttention_1/" in k for k in names):
         return "original"
     if any(k.startswith("Transformer/encoderblock") and "/MultiHeadDotProductAttention_0/" in k
            for k in names):
         return "big_vision"
-    raise CheckpointError("an .npz with Google names but no attention blocks in either the original "
+    raise CheckpointError(f"{source}: an .npz with Google names but no attention blocks in either the original "
                           "(MultiHeadDotProductAttention_1) or big_vision (..._0) layout")
 
 
@@ -218,11 +214,16 @@ def infer_config(arrays: dict[str, np.ndarray], layout: str, source: str, hints:
 
 
 def read(path: Path, strict: bool = True, **hints) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
-    arrays = unstack_blocks(read_npz(path))
+    arrays = read_npz(path)
+    odd = [f"{k} ({v.dtype})" for k, v in arrays.items() if v.dtype.kind not in "biuf"]
+    if odd:
+        raise CheckpointError(f"{path}: {', '.join(odd[:4])} {'is' if len(odd) == 1 else 'are'} not real "
+                              "numbers; a checkpoint's arrays hold weights")
+    arrays = unstack_blocks(arrays, str(path))
     if not looks_like_google(arrays):
         raise CheckpointError(f"{path} is an .npz but not a ViT checkpoint in Google's layout "
                               "(no embedding/kernel and Transformer/...)")
-    layout = detect_layout(arrays)
+    layout = detect_layout(arrays, str(path))
     cfg = infer_config(arrays, layout, str(path), hints)
     foreign = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}
     state, skipped = to_vitkit(foreign, cfg, RULES, LAYOUTS[layout], f"Google npz, {layout} layout",

@@ -10,7 +10,9 @@ ViTModel's pooler (Dense + tanh on the class token) is vitkit's pre-logits layer
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,11 +52,37 @@ def is_hf_dir(path: Path) -> bool:
 def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: undecodable, not JSON, huge numbers
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not a JSON object")
     return obj
+
+
+_KINDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
+
+
+def _value(cfg: dict, key: str, default, kind, source: Path):
+    """cfg[key] (or the default) if it is of `kind`: int, float (finite), bool or str."""
+    value = cfg.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value) if abs(value) < 2**1000 else math.inf
+    fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if not fits or (kind is float and not math.isfinite(value)):
+        shown = json.dumps(value)
+        raise CheckpointError(f"{source}: {key} must be {_KINDS[kind]}, "
+                              f"not {shown if len(shown) <= 40 else shown[:37] + '...'}")
+    return value
+
+
+def _numbers(cfg: dict, key: str, default, source: Path) -> tuple[float, ...]:
+    """A number or a list of numbers, as image_mean and image_std are written."""
+    value = cfg.get(key, default)
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e300
+                             for v in values):
+        raise CheckpointError(f"{source}: {key} must be a number or a list of numbers")
+    return tuple(float(v) for v in values)
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -65,7 +93,10 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         return read_tensors(directory / "model.safetensors")
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        weight_map = _read_json(index).get("weight_map", {})
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
+        files = sorted(set(weight_map.values()))
         tensors = {}
         for name in files:
             tensors.update(read_tensors(directory / Path(name).name))
@@ -77,21 +108,33 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 def infer_config(hf: dict, tensors: dict, directory: Path, hints: dict) -> tuple[ModelConfig, str]:
     source = str(directory)
+    config = directory / "config.json"
     if hf.get("model_type") != "vit":
         raise CheckpointError(f"{source}: config.json has model_type={hf.get('model_type')!r}, not 'vit'")
-    act = ACTS.get(hf.get("hidden_act", "gelu"))
+    act = ACTS.get(_value(hf, "hidden_act", "gelu", str, config))
     if act is None:
         raise CheckpointError(f"{source}: hidden_act={hf.get('hidden_act')!r} is not one vitkit has "
                               f"({', '.join(ACTS)})")
     prefix = "vit." if any(k.startswith("vit.") for k in tensors) else ""
-    width = int(hf.get("hidden_size", 768))
+    depth = _value(hf, "num_hidden_layers", 12, int, config)
+    layers = len({m.group(1) for k in tensors if (m := re.match(r"(?:vit\.)?encoder\.layer\.(\d+)\.", k))})
+    if depth > layers:
+        raise CheckpointError(f"{source}: config.json says num_hidden_layers={depth} but the weights hold "
+                              f"{layers} layer(s); they do not belong together")
+    image_size = hf.get("image_size", 224)
+    if not (isinstance(image_size, int) or isinstance(image_size, list) and len(image_size) == 2):
+        raise CheckpointError(f"{config}: image_size must be an integer or [height, width]")
     opts: dict = dict(
-        width=width, depth=int(hf.get("num_hidden_layers", 12)),
-        num_heads=int(hints.get("num_heads") or hf.get("num_attention_heads", 12)),
-        mlp_dim=int(hf.get("intermediate_size", 3072)), patch_size=int(hf.get("patch_size", 16)),
-        in_chans=int(hf.get("num_channels", 3)), image_size=hf.get("image_size", 224),
-        qkv_bias=bool(hf.get("qkv_bias", True)), act=act, norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        width=_value(hf, "hidden_size", 768, int, config), depth=depth,
+        num_heads=hints.get("num_heads") or _value(hf, "num_attention_heads", 12, int, config),
+        mlp_dim=_value(hf, "intermediate_size", 3072, int, config),
+        patch_size=_value(hf, "patch_size", 16, int, config), in_chans=_value(hf, "num_channels", 3, int, config),
+        image_size=image_size, qkv_bias=_value(hf, "qkv_bias", True, bool, config), act=act,
+        norm_eps=_value(hf, "layer_norm_eps", 1e-12, float, config),
         pool="token", posemb="learned1d", posemb_class_slot=True, name=directory.name)
+    for name in ("pooler.dense.weight", "classifier.weight"):
+        if name in tensors and tensors[name].ndim != 2:
+            raise CheckpointError(f"{source}: {name} has shape {tuple(tensors[name].shape)}, expected 2 dimensions")
     if "pooler.dense.weight" in tensors:
         if hf.get("pooler_act", "tanh") != "tanh":
             raise CheckpointError(f"{source}: pooler_act={hf.get('pooler_act')!r}; vitkit's pre-logits use tanh")
@@ -99,19 +142,21 @@ def infer_config(hf: dict, tensors: dict, directory: Path, hints: dict) -> tuple
     classes = int(tensors["classifier.weight"].shape[0]) if "classifier.weight" in tensors else 0
     opts["num_classes"] = classes
     labels = hf.get("id2label") or {}
-    names = [str(labels.get(str(i), labels.get(i, ""))) for i in range(classes)]
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise CheckpointError(f"{config}: id2label must map class indices to names")
+    names = [labels.get(str(i), "") for i in range(classes)]
     if classes and all(names) and names != [f"LABEL_{i}" for i in range(classes)]:
         opts["class_names"] = tuple(names)
     pre = directory / "preprocessor_config.json"
     if pre.is_file():
         pre_cfg = _read_json(pre)
-        if pre_cfg.get("do_normalize", True):
-            opts["input_mean"] = tuple(pre_cfg.get("image_mean", (0.5,)))
-            opts["input_std"] = tuple(pre_cfg.get("image_std", (0.5,)))
+        if _value(pre_cfg, "do_normalize", True, bool, pre):
+            opts["input_mean"] = _numbers(pre_cfg, "image_mean", 0.5, pre)
+            opts["input_std"] = _numbers(pre_cfg, "image_std", 0.5, pre)
         else:
             opts["input_mean"], opts["input_std"] = (0.0,), (1.0,)
     try:
-        return ModelConfig(**opts), prefix
+        return ModelConfig.from_dict(opts), prefix
     except ConfigError as e:
         raise CheckpointError(f"{source}: config.json describes an invalid model: {e}") from None
 

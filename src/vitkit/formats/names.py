@@ -72,6 +72,30 @@ def meta_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
         return VisionTransformer(cfg).state_dict()
 
 
+# A file may leave part of the model its config describes to fresh initialisation (strict=False),
+# but not most of it: beyond this the config does not belong to the tensors.
+_UNFILLED_PARAMETERS = 2**20
+
+
+def check_buildable(cfg: ModelConfig, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a config read from a file that describes a model out of all proportion to the
+    tensors the file holds, before anything is built: blocks the file has no tensors for would
+    take unbounded time to build, parameters it cannot fill unbounded memory."""
+    blocks = cfg.depth + sum(cfg.resnet_layers)
+    if blocks > len(tensors):
+        raise CheckpointError(f"{source}: its config describes {blocks} blocks but the file holds only "
+                              f"{len(tensors)} tensors; the config does not belong to these weights")
+    try:
+        described = sum(t.numel() for t in meta_state(cfg).values())
+    except (RuntimeError, OverflowError, ValueError, TypeError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{source}: its config describes a model that cannot be built ({detail})") from None
+    held = sum(t.numel() for t in tensors.values())
+    if described > 2 * held + _UNFILLED_PARAMETERS:
+        raise CheckpointError(f"{source}: its config describes a model of {described:,} parameters but the "
+                              f"file holds {held:,} values; the config does not belong to these weights")
+
+
 def resolve(rules: list[Rule], key: str, values: dict) -> tuple[tuple[str, ...], str] | None:
     for rule in rules:
         m = re.fullmatch(rule.pattern, key)
@@ -84,7 +108,7 @@ def resolve(rules: list[Rule], key: str, values: dict) -> tuple[tuple[str, ...],
     return None
 
 
-def plan(cfg: ModelConfig, rules: list[Rule], values: dict, fmt: str):
+def plan(cfg: ModelConfig, rules: list[Rule], values: dict, fmt: str, source: str | None = None):
     """[(vitkit key, foreign names, kind, expected foreign shapes)] for every tensor of the model."""
     out, unmapped = [], []
     for key, t in meta_state(cfg).items():
@@ -97,7 +121,8 @@ def plan(cfg: ModelConfig, rules: list[Rule], values: dict, fmt: str):
         out.append((key, theirs, kind, shapes))
     if unmapped:
         raise CheckpointError(
-            f"the {fmt} format has no names for these vitkit tensors: {', '.join(unmapped[:8])}"
+            (f"{source}: " if source else "")
+            + f"the {fmt} format has no names for these vitkit tensors: {', '.join(unmapped[:8])}"
             + (" ..." if len(unmapped) > 8 else "") + " (this model variant cannot be expressed in it)")
     return out
 
@@ -110,8 +135,12 @@ def to_vitkit(foreign: dict[str, torch.Tensor], cfg: ModelConfig, rules: list[Ru
               fmt: str, source: str, strict: bool = True) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Foreign tensors -> vitkit state dict. Missing, unexpected and mis-shaped tensors are named
     in one CheckpointError; with strict=False they are skipped and returned as a list."""
+    check_buildable(cfg, foreign, source)
+    complex_ = sorted(n for n, t in foreign.items() if t.is_complex())
+    if complex_:
+        raise CheckpointError(f"{source} holds complex tensors ({_listing(complex_)}); weights must be real")
     state, missing, mismatched, claimed = {}, [], [], set()
-    for key, theirs, kind, shapes in plan(cfg, rules, values, fmt):
+    for key, theirs, kind, shapes in plan(cfg, rules, values, fmt, source):
         claimed.update(theirs)
         absent = [n for n in theirs if n not in foreign]
         if absent:

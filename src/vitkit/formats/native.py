@@ -11,6 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from vitkit.errors import CheckpointError, ConfigError
+from vitkit.formats.names import check_buildable
 from vitkit.io import write_safetensors
 from vitkit.models.config import ModelConfig
 
@@ -42,11 +43,15 @@ def read_header(path: str | os.PathLike) -> dict:
             if size > min(path.stat().st_size - 8, 100 * 2**20):
                 raise CheckpointError(f"{path} has a corrupt safetensors header (truncated file?)")
             header = json.loads(f.read(size))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} has an unreadable safetensors header: {e}") from None
+    except (ValueError, RecursionError) as e:  # undecodable, not JSON, nested too deep, huge numbers
+        raise CheckpointError(f"{path} has an unreadable safetensors header: {type(e).__name__}: {e}") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} has a corrupt safetensors header")
-    return header.get("__metadata__") or {}
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path} has a corrupt safetensors header: its metadata is not a mapping "
+                              "of names to strings")
+    return metadata
 
 
 def is_native(path: str | os.PathLike) -> bool:
@@ -66,13 +71,14 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_native(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     """Config (with overrides applied), state dict and the remaining metadata of a vitkit file."""
     meta = read_header(path)
+    if FORMAT_KEY not in meta:
+        raise CheckpointError(f"{path} has no vitkit config in its header")
     try:
         cfg = ModelConfig.from_json(meta[FORMAT_KEY])
-    except (KeyError, json.JSONDecodeError, TypeError) as e:
-        raise CheckpointError(f"{path} has no readable vitkit config ({e})") from None
     except ConfigError as e:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
     # Training checkpoints carry optimiser and RNG state beside the model under this prefix.
     tensors = {k: v for k, v in read_tensors(path).items() if not k.startswith("train_state.")}
+    check_buildable(cfg, tensors, str(path))
     extra = {k: v for k, v in meta.items() if k not in (FORMAT_KEY, "format", "train_state")}
     return cfg, tensors, extra

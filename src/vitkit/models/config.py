@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitkit.errors import ConfigError
+from vitkit.fields import check_fields
 
 POOLS = ("token", "gap", "map")
 POSEMBS = ("none", "learned1d", "learned2d", "sincos2d", "relative")
@@ -42,7 +43,7 @@ def as_pair(value) -> tuple[int, int]:
 class ModelConfig:
     """Architecture of a Vision Transformer (SPEC section 1)."""
 
-    image_size: tuple[int, int] = (224, 224)
+    image_size: tuple[int, int] | int = (224, 224)  # an int is a square
     patch_size: int = 16
     in_chans: int = 3
     num_classes: int = 1000
@@ -189,15 +190,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model option(s): {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**check_fields(cls, d, "model"))
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
-        return cls.from_dict(json.loads(text))
+        try:
+            d = json.loads(text)
+        except (ValueError, RecursionError) as e:  # ValueError: also integers too long to read
+            raise ConfigError(f"the model config is not readable JSON ({type(e).__name__}: {e})") from None
+        return cls.from_dict(d)
 
     def replace(self, **overrides) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(self)}

@@ -69,6 +69,7 @@ class PretrainConfig:
     test_fraction: float = 0.2
     image_size: int | None = None
     skip_bad_images: bool = False
+    max_image_pixels: int | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -104,7 +105,8 @@ def pretrain(cfg: PretrainConfig, *, quiet: bool = False) -> dict:
     run_dir = RunFolder.open(cfg.out, resume=False)
     device = pick_device(cfg.device)
     data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
-                     test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
+                     test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images,
+                     max_image_pixels=cfg.max_image_pixels)
     if len(data.train) == 0:
         raise ConfigError("the training split is empty; give more images")
     train_cfg, model_cfg, notes = resolve(cfg.train_config(), data)

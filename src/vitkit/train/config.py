@@ -13,7 +13,10 @@ from typing import Any
 
 import yaml
 
+from vitkit.data.augment import AugmentConfig
 from vitkit.errors import ConfigError
+from vitkit.fields import check_fields
+from vitkit.models.config import ModelConfig
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -23,6 +26,37 @@ RECIPES = ("default", "finetune")
 DISTILL = ("none", "soft", "hard")
 ADVERSARIAL = ("none", "fgsm", "pgd")
 SELECT = ("last", "best")
+
+
+# A config written by vitkit is about 2 KB with some 60 values. YAML aliases let a few lines
+# stand for billions of values, which any later copy of the config would write out.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+
+
+def _count_values(obj: Any, limit: int = MAX_CONFIG_VALUES) -> int:
+    """How many values `obj` holds with every alias written out, counting no further than just
+    past `limit`; a structure that contains itself counts as past it."""
+    sizes: dict[int, int] = {}
+
+    def count(node: Any, open_nodes: set[int]) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in open_nodes:
+            return limit + 1
+        if key not in sizes:
+            open_nodes.add(key)
+            # A mapping's keys are plain values (YAML refuses unhashable ones): one each.
+            total = 1 + (len(node) if isinstance(node, dict) else 0)
+            for child in (node.values() if isinstance(node, dict) else node):
+                total += count(child, open_nodes)
+                if total > limit:
+                    break
+            open_nodes.discard(key)
+            sizes[key] = total
+        return sizes[key]
+    return count(obj, set())
 
 
 @dataclass
@@ -78,6 +112,8 @@ class TrainConfig:
     train_fraction: float = 1.0
     image_size: int | None = None
     skip_bad_images: bool = False
+    # Image files above this many pixels are refused; None: $VITKIT_MAX_IMAGE_PIXELS or Pillow's default.
+    max_image_pixels: int | None = None
     # Streaming a shard folder (`vitkit shard`): the DataLoader processes that decode it (None:
     # one per CPU, at most 4; the batches do not depend on it) and the shuffle buffer in images.
     workers: int | None = None
@@ -114,6 +150,9 @@ class TrainConfig:
         choice("distill", DISTILL)
         choice("adversarial", ADVERSARIAL)
         choice("select", SELECT)
+        if self.max_image_pixels is not None and self.max_image_pixels < 0:
+            raise ConfigError("max_image_pixels must be a number of pixels, 0 for no limit; got "
+                              f"{self.max_image_pixels}")
         positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size", "shuffle_buffer")
         for name in positive:
             value = getattr(self, name)
@@ -157,12 +196,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        if not isinstance(d, dict):
-            raise ConfigError("a training config must be a mapping of option: value")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        check_fields(cls, d, "training")
+        check_fields(ModelConfig, d.get("model_options", {}), "model")
+        check_fields(AugmentConfig, d.get("augment", {}), "augmentation")
         try:
             return cls(**d)
         except TypeError as e:
@@ -176,11 +212,23 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is {size:,} bytes; a training config is a few kilobytes, so this is "
+                              "not one")
         try:
             d = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        return cls.from_dict(d or {})
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: undecodable text, integers too long to read
+            raise ConfigError(f"{path} is not valid YAML: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        except RecursionError:
+            raise ConfigError(f"{path} is not a training config: its YAML is nested too deeply") from None
+        if _count_values(d) > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{path} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases "
+                              "repeating each other?); a training config has a few hundred")
+        try:
+            return cls.from_dict(d or {})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

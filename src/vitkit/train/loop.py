@@ -44,7 +44,7 @@ from vitkit.train.config import TrainConfig
 from vitkit.train.distributed import Distributed, end_process_group
 from vitkit.train.optim import EMA, build_optimizer, lr_factor, set_lr
 from vitkit.train.run import RunFolder
-from vitkit.train.state import load_training_state, restore_rng, save_training_state
+from vitkit.train.state import check_fits_optimizer, load_training_state, restore_rng, save_training_state
 
 
 # With --skip-nonfinite, this many skipped updates in a row stop the run: an odd bad batch is
@@ -168,7 +168,8 @@ class Trainer:
             cfg = self._fixed_split(cfg)
         else:
             self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
-                                  test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images)
+                                  test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images,
+                                  max_image_pixels=cfg.max_image_pixels)
             self.data.train = training_subset(self.data.train, cfg.train_fraction, cfg.split_seed)
         for note in self.data.notes if self.dist.is_main else ():
             # Warnings print even with --quiet: they say something was left out.
@@ -274,6 +275,7 @@ class Trainer:
                            "its first save); starting it afresh from its config.yaml", file=sys.stderr)
                 return None
             state.update(load_training_state(path))
+            check_fits_optimizer(state, self.optimizer, path)
             return state["progress"]
 
         progress = self.dist.on_rank0(read_progress)

@@ -76,19 +76,107 @@ def load_training_state(path: str | Path) -> dict:
     meta = read_header(path)
     if "train_state" not in meta:
         raise CheckpointError(f"{path} is a model file without training state; cannot resume from it")
-    state = json.loads(meta["train_state"])
+    try:
+        state = json.loads(meta["train_state"])
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path} has an unreadable training state ({type(e).__name__}: {e})") from None
+    problem = _state_problem(state)
     tensors = read_tensors(path)
     model, optim_state, ema, rng = {}, {}, {}, {}
     for key, value in tensors.items():
         if not key.startswith(PREFIX):
             model[key] = value
         elif key.startswith(PREFIX + "optim."):
-            index, name = key[len(PREFIX + "optim."):].split(".", 1)
+            index, _, name = key[len(PREFIX + "optim."):].partition(".")
+            if not (index.isdigit() and name):
+                problem = problem or f"a tensor named {key}"
+                continue
             optim_state.setdefault(int(index), {})[name] = value
         elif key.startswith(PREFIX + "ema."):
             ema[key[len(PREFIX + "ema."):]] = value
         elif key.startswith(PREFIX + "rng."):
             rng[key[len(PREFIX):]] = value
+    problem = problem or _rng_tensor_problem(rng)
+    if problem:
+        raise CheckpointError(f"{path} has a damaged training state ({problem}); resume from another "
+                              "checkpoint or start the run again")
     return {"model": model,
             "optimizer": {"state": optim_state, "param_groups": state["param_groups"]},
             "ema": ema or None, "rng": (rng, state["rng"]), "progress": state["progress"]}
+
+
+def check_fits_optimizer(state: dict, optimizer: torch.optim.Optimizer, path: str | Path) -> None:
+    """A training state's optimiser slots must match the parameters they are restored onto;
+    torch would accept mismatched ones and fail at the first step."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups = state["optimizer"]["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise CheckpointError(f"{path}: its optimiser state has other parameter groups than this run's "
+                              "model; it belongs to another run")
+    for index, slots in state["optimizer"]["state"].items():
+        if index >= len(params):
+            raise CheckpointError(f"{path}: its optimiser state names parameter {index}, but the model has "
+                                  f"{len(params)}")
+        for name, value in slots.items():
+            if value.ndim and value.shape != params[index].shape:
+                raise CheckpointError(f"{path}: optimiser slot {name} of parameter {index} has shape "
+                                      f"{tuple(value.shape)}, not {tuple(params[index].shape)}")
+
+
+# What the trainer keeps in "progress"; a resumed run reads every one of them.
+_PROGRESS = {"epoch": int, "update": int, "best_val_acc": (int, float), "best_epoch": int, "bad_epochs": int,
+             "train_seconds": (int, float), "history": list}
+_HISTORY = ("epoch", "train_loss", "train_acc", "val_acc")
+# Written since mid-epoch checkpoints; older checkpoints lack them and start from zero.
+_PROGRESS_COUNTS = ("step", "skipped_updates", "skipped_in_a_row")
+_SUMS = ("loss", "correct", "images", "skipped")
+
+
+def _is(value, kinds) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _state_problem(state) -> str | None:
+    """What is wrong with a training state's JSON part, or None."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    groups, progress, rng = state.get("param_groups"), state.get("progress"), state.get("rng")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                               for g in groups):
+        return "param_groups is not a list of optimiser groups"
+    if not isinstance(progress, dict):
+        return "no progress record"
+    for key, kinds in _PROGRESS.items():
+        if not _is(progress.get(key), kinds):
+            return f"progress has no valid {key!r}"
+    for key in _PROGRESS_COUNTS:
+        if key in progress and not (_is(progress[key], int) and progress[key] >= 0):
+            return f"progress has no valid {key!r}"
+    sums = progress.get("epoch_sums")
+    if sums is not None and not (isinstance(sums, dict) and all(_is(sums.get(k), (int, float)) for k in _SUMS)):
+        return "the running sums of the epoch in progress are damaged"
+    for entry in progress["history"]:
+        if not isinstance(entry, dict) or not all(_is(entry.get(k), (int, float)) for k in _HISTORY):
+            return "a history entry lacks the epoch's numbers"
+    if not isinstance(rng, dict):
+        return "no random-generator state"
+    numpy_state, python_state = rng.get("numpy"), rng.get("python")
+    if not (isinstance(numpy_state, list) and len(numpy_state) == 4 and numpy_state[0] == "MT19937"
+            and _is(numpy_state[1], int) and 0 <= numpy_state[1] <= 624 and _is(numpy_state[2], int)
+            and _is(numpy_state[3], (int, float))):
+        return "numpy's generator state is damaged"
+    if not (isinstance(python_state, list) and len(python_state) == 3 and _is(python_state[0], int)
+            and isinstance(python_state[1], list) and len(python_state[1]) == 625
+            and all(_is(v, int) and 0 <= v < 2**32 for v in python_state[1])
+            and (python_state[2] is None or _is(python_state[2], (int, float)))):
+        return "Python's generator state is damaged"
+    return None
+
+
+def _rng_tensor_problem(rng: dict[str, torch.Tensor]) -> str | None:
+    torch_state, numpy_keys = rng.get("rng.torch"), rng.get("rng.numpy")
+    if torch_state is None or torch_state.dtype != torch.uint8 or torch_state.shape != torch.get_rng_state().shape:
+        return "torch's generator state is missing or damaged"
+    if numpy_keys is None or numpy_keys.dtype != torch.int64 or tuple(numpy_keys.shape) != (624,):
+        return "numpy's generator keys are missing or damaged"
+    return None
