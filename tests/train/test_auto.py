@@ -1,0 +1,41 @@
+"""The defaults picked from the data (train/auto.py), as docs/training.md states them."""
+
+import torch
+
+from vitkit.data import load_data
+from vitkit.data.dataset import DataSplits, ImageSet
+from vitkit.train.auto import resolve
+from vitkit.train.config import TrainConfig
+
+
+def fake_splits(n_train: int, side: int = 32, channels: int = 3) -> DataSplits:
+    def images(n):
+        # Only the shape matters to the defaults; a zero-stride view allocates one image.
+        return ImageSet(torch.zeros(1, channels, side, side, dtype=torch.uint8).expand(n, -1, -1, -1),
+                        torch.zeros(n, dtype=torch.long))
+    return DataSplits(images(n_train), images(10), images(10), [str(i) for i in range(10)])
+
+
+def test_the_digits_get_the_compact_model_batch_128_for_80_epochs_and_the_last_model():
+    cfg, model, notes = resolve(TrainConfig(), load_data("digits"))
+    assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.warmup_epochs) == (128, 6e-3, 80, 2.0)
+    assert cfg.select == "last" and cfg.optimizer == "adamw" and cfg.weight_decay == 0.05
+    assert (model.width, model.depth, model.num_heads, model.mlp_dim) == (64, 4, 4, 128)
+    assert model.image_size == (16, 16) and model.patch_size == 4
+    assert cfg.augment["mixup"] == 0.8 and cfg.augment["elastic"] == 0.0
+    assert any(note.startswith("epochs: 80") for note in notes)
+
+
+def test_larger_sets_get_smaller_epoch_counts_and_their_own_batches():
+    small, _, _ = resolve(TrainConfig(), fake_splits(10_000))
+    assert (small.batch_size, small.lr, small.epochs) == (64, 1e-3, 20)
+    large, model, _ = resolve(TrainConfig(), fake_splits(250_000, side=256))
+    assert large.batch_size == 256 and large.lr == 5e-4 * 256 / 512 and large.epochs == 20
+    assert model.image_size == (224, 224) and model.width == 384  # ViT-S/16
+
+
+def test_early_stopping_keeps_the_best_validation_model_and_a_given_choice_is_kept():
+    stopping, _, _ = resolve(TrainConfig(early_stop=3), fake_splits(1000))
+    assert stopping.select == "best"
+    chosen, _, _ = resolve(TrainConfig(select="best", batch_size=16, epochs=7), fake_splits(1000))
+    assert (chosen.select, chosen.batch_size, chosen.epochs) == ("best", 16, 7)
