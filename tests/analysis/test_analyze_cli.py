@@ -61,4 +61,4 @@ def test_user_errors_exit_2(tmp_path, capsys):
     assert main(["analyze", ckpt, "--out", str(tmp_path / "a"), "--num-images", "0"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3
-    assert "not both" in lines[0] and "cannot read image" in lines[1] and "--num-images" in lines[2]
+    assert "not both" in lines[0] and "unreadable image" in lines[1] and "img.png" in lines[1] and "--num-images" in lines[2]
