@@ -184,3 +184,14 @@ def pickles_declaring_sizes() -> st.SearchStrategy[bytes]:
         lambda t: b"\x80\x02N" + (t[0] + t[1].to_bytes(4, "little") if t[0] == b"r" else
                                  t[0] + str(t[1]).encode() + b"\n") + b".")
     return st.one_of(counted, memo)
+
+
+def json_paths(value, prefix=()):
+    """The path (a tuple of keys and indices) of every value inside a JSON value, itself first."""
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from json_paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from json_paths(v, prefix + (i,))

@@ -17,7 +17,7 @@ import vitkit
 from vitkit.errors import CheckpointError
 from vitkit.train.state import check_fits_optimizer, load_training_state
 
-from .harness import damaged, reads_or_refuses
+from .harness import damaged, json_paths, reads_or_refuses
 from .valid_files import TINY, native_file, safetensors_bytes, scratch, tiny_model, training_checkpoint
 
 DTYPES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2",
@@ -184,22 +184,11 @@ def _training_header() -> tuple[dict, bytes]:
     return json.loads(data[8:8 + size]), data[8 + size:]
 
 
-def _paths(value, prefix=()):
-    """Every (path, value) inside a JSON value."""
-    yield prefix, value
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _paths(v, prefix + (i,))
-
-
 @given(st.data())
 def test_training_state_json_with_any_value_anywhere(draw):
     header, payload = _training_header()
     state = json.loads(header["__metadata__"]["train_state"])
-    paths = [p for p, _ in _paths(state) if p]
+    paths = [p for p in json_paths(state) if p]
     path = draw.draw(st.sampled_from(paths))
     target = state
     for step in path[:-1]:

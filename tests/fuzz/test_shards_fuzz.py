@@ -15,7 +15,7 @@ from vitkit.data import load_data
 from vitkit.data.shards import ShardBatches, load_batches, open_shards
 from vitkit.errors import VitkitError
 
-from .harness import byte_flips, damaged, reads_or_refuses
+from .harness import byte_flips, damaged, json_paths, reads_or_refuses
 from .test_native_fuzz import JSON_VALUES
 from .test_npz_data_fuzz import assert_sane_splits
 from .valid_files import scratch, shard_folder
@@ -49,17 +49,7 @@ def test_damaged_index(data):
     read_folder({**shard_folder(), "dataset.json": data}, "dataset.json")
 
 
-def _paths(value, prefix=()):
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _paths(v, prefix + (i,))
-
-
-@given(st.sampled_from([p for p in _paths(INDEX) if p]), JSON_VALUES | st.integers(2**20, 2**62))
+@given(st.sampled_from([p for p in json_paths(INDEX) if p]), JSON_VALUES | st.integers(2**20, 2**62))
 def test_index_with_any_value_anywhere(path, value):
     index = json.loads(json.dumps(INDEX))
     target = index

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import vitkit
-from train_runs import assert_same_run, progress, temporaries, tiny_flags, write_tiny_npz
+from train_runs import assert_same_run, progress, temporaries, tiny_flags
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="signals and file-size limits are POSIX")
 
@@ -57,8 +57,8 @@ def resume_flags(out: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+def data(tiny_npz):
+    return tiny_npz
 
 
 @pytest.fixture(scope="module")

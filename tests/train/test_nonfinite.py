@@ -12,23 +12,18 @@ import torch
 from safetensors.torch import load_file
 
 import vitkit.train.loop as loop
-from train_runs import STEPS_PER_EPOCH, progress, tiny_config, write_tiny_npz
+from train_runs import STEPS_PER_EPOCH, progress, tiny_config
 from vitkit.cli.main import main
 from vitkit.errors import TrainingDiverged
 from vitkit.train import Trainer
 
 
-@pytest.fixture(autouse=True)
-def no_plots(monkeypatch):
-    import vitkit.train.plots
-
-    monkeypatch.setattr(vitkit.train.plots, "plot_curves", lambda *args: None)
-    monkeypatch.setattr(vitkit.train.plots, "plot_confusion", lambda *args, **kwargs: None)
+pytestmark = pytest.mark.usefixtures("no_plots")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+def data(tiny_npz):
+    return tiny_npz
 
 
 def poison_losses(monkeypatch, bad_steps, value=math.nan) -> None:

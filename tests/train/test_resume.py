@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 
 import vitkit
-from train_runs import UPDATES, assert_same_run, progress, temporaries, tiny_config, write_tiny_npz
+from train_runs import UPDATES, assert_same_run, progress, temporaries, tiny_config
 from vitkit.errors import CheckpointError, SaveError, StoppedBySignal
 from vitkit.train import TrainConfig, Trainer, train
 from vitkit.train.run import RunFolder
@@ -25,18 +25,12 @@ class Killed(BaseException):
     """Stands in for SIGKILL: nothing after it runs (no except clause catches a BaseException)."""
 
 
-@pytest.fixture(autouse=True)
-def no_plots(monkeypatch):
-    """The summary's plots take most of a tiny run's time and play no part here."""
-    import vitkit.train.plots
-
-    monkeypatch.setattr(vitkit.train.plots, "plot_curves", lambda *args: None)
-    monkeypatch.setattr(vitkit.train.plots, "plot_confusion", lambda *args, **kwargs: None)
+pytestmark = pytest.mark.usefixtures("no_plots")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+def data(tiny_npz):
+    return tiny_npz
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from vitkit.train import TrainConfig
 STEPS_PER_EPOCH = 21
 UPDATES = 33
 TINY_MODEL = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=4, dropout=0.1)
+CHECKPOINTS = ("last", "best", "final")
 RUN = dict(epochs=3, batch_size=4, accum_steps=2, checkpoint_every=3, ema=0.9)
 
 
@@ -47,14 +48,14 @@ def tiny_flags(data: Path, out: Path) -> list[str]:
 
 
 def run_tensors(run: Path) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: load_file(str(run / "checkpoints" / f"{name}.safetensors")) for name in ("last", "best")}
+    return {name: load_file(str(run / "checkpoints" / f"{name}.safetensors")) for name in CHECKPOINTS}
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
-    """Every tensor of last.safetensors (model, optimiser, EMA, RNG) and best.safetensors is
-    equal, and so is the summary's test accuracy."""
+    """Every tensor of last.safetensors (model, optimiser, EMA, RNG), best.safetensors and
+    final.safetensors (the run's result) is equal, and so is the summary's test accuracy."""
     got, want = run_tensors(run), run_tensors(reference)
-    for name in ("last", "best"):
+    for name in CHECKPOINTS:
         assert got[name].keys() == want[name].keys(), name
         for key, tensor in want[name].items():
             assert torch.equal(got[name][key], tensor), f"{name}: {key}"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vitkit.errors import CheckpointError, ConfigError
-from vitkit.formats.names import Rule, from_vitkit, require, to_vitkit
+from vitkit.formats.names import Rule, from_vitkit, require, required_shape, to_vitkit
 from vitkit.io import atomic_path
 from vitkit.models.config import ModelConfig
 from vitkit.models.posemb import grid_from_tokens
@@ -144,38 +144,29 @@ def detect_layout(names, source: str = "the checkpoint") -> str:
                           "(MultiHeadDotProductAttention_1) or big_vision (..._0) layout")
 
 
-def _shape(arrays: dict, name: str, ndim: int, source: str) -> tuple[int, ...]:
-    if name not in arrays:
-        raise CheckpointError(f"{source}: missing {name}, which the architecture is read from")
-    shape = tuple(arrays[name].shape)
-    if len(shape) != ndim:
-        raise CheckpointError(f"{source}: {name} has shape {shape}, expected {ndim} dimensions")
-    return shape
-
-
 def infer_config(arrays: dict[str, np.ndarray], layout: str, source: str, hints: dict) -> ModelConfig:
     """The architecture the tensors describe; `hints` settle what they cannot (num_heads must
     agree with the kernels, source_image_size gives a non-square grid, posemb names a fixed kind)."""
     names = LAYOUTS[layout]
-    ph, pw, chans, width = _shape(arrays, "embedding/kernel", 4, source)
+    ph, pw, chans, width = required_shape(arrays, "embedding/kernel", 4, source)
     if ph != pw:
         raise CheckpointError(f"{source}: non-square patches {ph}x{pw} are not supported")
     depth = len({m.group(1) for k in arrays if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))})
     if depth == 0:
         raise CheckpointError(f"{source}: no Transformer/encoderblock_i tensors")
     block = f"Transformer/encoderblock_0/{names['attn']}"
-    _, heads, _ = _shape(arrays, f"{block}/query/kernel", 3, source)
+    _, heads, _ = required_shape(arrays, f"{block}/query/kernel", 3, source)
     if hints.get("num_heads") not in (None, heads):
         raise CheckpointError(f"{source}: num_heads={hints['num_heads']} contradicts the attention "
                               f"kernels, which have {heads} heads")
-    mlp_dim = _shape(arrays, f"Transformer/encoderblock_0/{names['mlp']}/Dense_0/kernel", 2, source)[1]
+    mlp_dim = required_shape(arrays, f"Transformer/encoderblock_0/{names['mlp']}/Dense_0/kernel", 2, source)[1]
     pool = "token" if "cls" in arrays else "map" if f"{MAP}/probe" in arrays else "gap"
 
     opts: dict = dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp_dim, pool=pool,
                       patch_size=ph, in_chans=chans, act="gelu_tanh", norm_eps=1e-6,
                       input_mean=(0.5,), input_std=(0.5,), name=Path(source).stem)
     if "conv_root/kernel" in arrays:
-        _, _, chans, root = _shape(arrays, "conv_root/kernel", 4, source)
+        _, _, chans, root = required_shape(arrays, "conv_root/kernel", 4, source)
         stages = sorted({int(m.group(1)) for k in arrays if (m := re.match(r"block(\d+)/unit", k))})
         layers = [len({k.split("/")[1] for k in arrays if k.startswith(f"block{s}/unit")}) for s in stages]
         if stages != list(range(1, len(stages) + 1)) or not layers:
@@ -185,7 +176,7 @@ def infer_config(arrays: dict[str, np.ndarray], layout: str, source: str, hints:
 
     prefix = int(pool == "token")
     if names["posemb"] in arrays:
-        tokens = _shape(arrays, names["posemb"], 3, source)[1]
+        tokens = required_shape(arrays, names["posemb"], 3, source)[1]
         slots = prefix if layout == "original" else 0
         opts.update(posemb="learned1d", posemb_class_slot=bool(slots))
         size = hints.get("source_image_size")
@@ -205,8 +196,8 @@ def infer_config(arrays: dict[str, np.ndarray], layout: str, source: str, hints:
     else:
         raise CheckpointError(f"{source}: missing {names['posemb']}")
     if "pre_logits/kernel" in arrays:
-        opts["representation_size"] = _shape(arrays, "pre_logits/kernel", 2, source)[1]
-    opts["num_classes"] = _shape(arrays, "head/kernel", 2, source)[1] if "head/kernel" in arrays else 0
+        opts["representation_size"] = required_shape(arrays, "pre_logits/kernel", 2, source)[1]
+    opts["num_classes"] = required_shape(arrays, "head/kernel", 2, source)[1] if "head/kernel" in arrays else 0
     try:
         return ModelConfig(**opts)
     except ConfigError as e:

@@ -21,6 +21,17 @@ from vitkit.models.config import ModelConfig
 from vitkit.models.vit import VisionTransformer
 
 
+def required_shape(tensors: dict, name: str, ndim: int, source: str) -> tuple[int, ...]:
+    """The shape of `tensors[name]`, which an architecture is read from: missing or of another
+    rank is one CheckpointError naming the file and the tensor."""
+    if name not in tensors:
+        raise CheckpointError(f"{source}: missing {name}, which the architecture is read from")
+    shape = tuple(tensors[name].shape)
+    if len(shape) != ndim:
+        raise CheckpointError(f"{source}: {name} has shape {shape}, expected {ndim} dimensions")
+    return shape
+
+
 def _heads_in(parts: list[torch.Tensor], heads: int) -> torch.Tensor:
     # Flax per-head input kernels (D_in, H, D/H), one per part (q, k, v) -> fused (n*D, D_in).
     return torch.cat([p.reshape(p.shape[0], -1).t() for p in parts], dim=0)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from vitkit.errors import CheckpointError, ConfigError
-from vitkit.formats.names import Rule, from_vitkit, require, to_vitkit
+from vitkit.formats.names import Rule, from_vitkit, require, required_shape, to_vitkit
 from vitkit.io import atomic_path
 from vitkit.models.config import ModelConfig
 from vitkit.models.posemb import grid_from_tokens
@@ -52,12 +52,7 @@ def looks_like_timm(names) -> bool:
 
 def infer_config(tensors: dict[str, torch.Tensor], source: str, hints: dict) -> ModelConfig:
     def shape(name: str, ndim: int) -> tuple[int, ...]:
-        if name not in tensors:
-            raise CheckpointError(f"{source}: missing {name}, which the architecture is read from")
-        s = tuple(tensors[name].shape)
-        if len(s) != ndim:
-            raise CheckpointError(f"{source}: {name} has shape {s}, expected {ndim} dimensions")
-        return s
+        return required_shape(tensors, name, ndim, source)
 
     width, chans, ph, pw = shape("patch_embed.proj.weight", 4)
     if ph != pw:
