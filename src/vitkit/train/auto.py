@@ -141,8 +141,9 @@ def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits) -> tuple[TrainCo
     if cfg.select is None:
         # The learning rate decays to zero, so the last model is the one training aimed at; a
         # small validation set picks the "best" epoch noisily (on the digits the last model
-        # beat the best-validation one by 0.5 points on average over 14 runs, docs/training.md). Early stopping
-        # ends before that decay, so there the best epoch is the result.
+        # beat the best-validation one by 0.5 points on average over 14 runs,
+        # docs/training.md). Early stopping ends before that decay, so there the best epoch
+        # is the result.
         changes["select"] = "best" if cfg.early_stop else "last"
     picked = dataclasses.asdict(default_augment(model_cfg.image_size, model_cfg.in_chans, n))
     picked.pop("label_smoothing")
