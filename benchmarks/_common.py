@@ -6,7 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+from vitkit.allocator import keep_freed_memory
+
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# As the `vitkit` command does: measured processes keep freed memory (src/vitkit/allocator.py).
+keep_freed_memory()
 
 
 def write(name: str, report: dict, markdown: str) -> None:

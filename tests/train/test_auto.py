@@ -16,14 +16,14 @@ def fake_splits(n_train: int, side: int = 32, channels: int = 3) -> DataSplits:
     return DataSplits(images(n_train), images(10), images(10), [str(i) for i in range(10)])
 
 
-def test_the_digits_get_the_compact_model_batch_128_for_80_epochs_and_the_last_model():
+def test_the_digits_get_the_compact_model_batch_128_for_100_epochs_and_the_last_model():
     cfg, model, notes = resolve(TrainConfig(), load_data("digits"))
-    assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.warmup_epochs) == (128, 6e-3, 80, 2.0)
-    assert cfg.select == "last" and cfg.optimizer == "adamw" and cfg.weight_decay == 0.05
+    assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.warmup_epochs) == (128, 6e-3, 100, 2.0)
+    assert cfg.select == "last" and cfg.optimizer == "adamw" and cfg.weight_decay == 0.1
     assert (model.width, model.depth, model.num_heads, model.mlp_dim) == (64, 4, 4, 128)
     assert model.image_size == (16, 16) and model.patch_size == 4
     assert cfg.augment["mixup"] == 0.8 and cfg.augment["elastic"] == 0.0
-    assert any(note.startswith("epochs: 80") for note in notes)
+    assert any(note.startswith("epochs: 100") for note in notes)
 
 
 def test_larger_sets_get_smaller_epoch_counts_and_their_own_batches():

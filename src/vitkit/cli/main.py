@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from vitkit.allocator import keep_freed_memory
 from vitkit.errors import StoppedBySignal, VitkitError
 
 COMMANDS = ["train", "eval", "predict", "models", "convert", "fewshot", "probe", "analyze",
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except StoppedBySignal as e:
