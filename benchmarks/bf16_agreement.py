@@ -38,7 +38,7 @@ def main() -> None:
             Trainer(TrainConfig(data="digits", out=f"{tmp}/run", device="cpu", epochs=args.epochs),
                     quiet=True).run()
             train_seconds = time.perf_counter() - start
-            path = f"{tmp}/run/checkpoints/best.safetensors"
+            path = f"{tmp}/run/checkpoints/final.safetensors"  # the run's result (--select last)
         model = load(path).eval()
     test = load_data("digits").test
     labels = test.labels
