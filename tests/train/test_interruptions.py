@@ -57,14 +57,9 @@ def resume_flags(out: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def data(tiny_npz):
-    return tiny_npz
-
-
-@pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
+def reference(tiny_npz, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "run"
-    result = killable("train", *tiny_flags(data, out), "--quiet")
+    result = killable("train", *tiny_flags(tiny_npz, out), "--quiet")
     assert result.returncode == 0, result.stderr
     return out
 
@@ -73,13 +68,13 @@ def assert_killed(result) -> None:
     assert result.returncode == -signal.SIGKILL, result.stderr
 
 
-def test_sigkill_at_many_points_then_resume_ends_bit_identical(data, reference, tmp_path):
+def test_sigkill_at_many_points_then_resume_ends_bit_identical(tiny_npz, reference, tmp_path):
     out = tmp_path / "run"
     last = out / "checkpoints/last.safetensors"
 
     # In the middle of writing the second checkpoint (update 6): the first (update 3) stays.
     # (Killed before its first checkpoint, a run starts afresh: test_resume.py.)
-    assert_killed(killable("train", *tiny_flags(data, out), "--quiet", before_rename="last.safetensors:2"))
+    assert_killed(killable("train", *tiny_flags(tiny_npz, out), "--quiet", before_rename="last.safetensors:2"))
     assert progress(last)["update"] == 3
     assert len(list((out / "checkpoints").glob(".last.safetensors.*.tmp"))) == 1
 
@@ -105,11 +100,11 @@ def test_sigkill_at_many_points_then_resume_ends_bit_identical(data, reference, 
     assert temporaries(out) == []
 
 
-def test_sigterm_then_a_full_disk_then_resume_ends_bit_identical(data, reference, tmp_path):
+def test_sigterm_then_a_full_disk_then_resume_ends_bit_identical(tiny_npz, reference, tmp_path):
     out = tmp_path / "run"
     last = out / "checkpoints/last.safetensors"
 
-    result = killable("train", *tiny_flags(data, out), "--quiet", after_update=16, signal="SIGTERM")
+    result = killable("train", *tiny_flags(tiny_npz, out), "--quiet", after_update=16, signal="SIGTERM")
     assert result.returncode == 128 + signal.SIGTERM == 143
     assert result.stderr == (
         f"vitkit train: stopped by SIGTERM at epoch 2 step 10/21; checkpoint written to {last}; "
@@ -132,12 +127,12 @@ def test_sigterm_then_a_full_disk_then_resume_ends_bit_identical(data, reference
     assert_same_run(out, reference)
 
 
-def test_signals_sent_from_outside_while_the_run_goes_on(data, reference, tmp_path):
+def test_signals_sent_from_outside_while_the_run_goes_on(tiny_npz, reference, tmp_path):
     out = tmp_path / "run"
     last = out / "checkpoints/last.safetensors"
 
     # SIGTERM as soon as the first checkpoint appears: the run stops at its next update.
-    run = start_vitkit("train", *tiny_flags(data, out), "--quiet")
+    run = start_vitkit("train", *tiny_flags(tiny_npz, out), "--quiet")
     wait_for(last.exists, run)
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=120)

@@ -21,11 +21,6 @@ from vitkit.train import Trainer
 pytestmark = pytest.mark.usefixtures("no_plots")
 
 
-@pytest.fixture(scope="module")
-def data(tiny_npz):
-    return tiny_npz
-
-
 def poison_losses(monkeypatch, bad_steps, value=math.nan) -> None:
     """The loss of the given training steps (1-based, counted over the run) becomes `value`."""
     real = loop.soft_cross_entropy
@@ -47,12 +42,12 @@ def all_finite(path) -> bool:
 # checkpoint or epoch end. Both name the first bad step and save nothing after it.
 @pytest.mark.parametrize("each_step", [True, False], ids=["checked-each-step", "checked-at-saves"])
 @pytest.mark.parametrize("value", [math.nan, math.inf])
-def test_a_non_finite_loss_stops_the_run_naming_its_epoch_and_step(data, tmp_path, monkeypatch, each_step, value):
+def test_a_non_finite_loss_stops_the_run_naming_its_epoch_and_step(tiny_npz, tmp_path, monkeypatch, each_step, value):
     # Step 30 is epoch 2 step 9, in the update that would be 16 (two steps each): the last
     # checkpoint before it is update 15 (epoch 2 step 8), the next one would have been update 18.
     poison_losses(monkeypatch, {STEPS_PER_EPOCH + 9, STEPS_PER_EPOCH + 11}, value)
     out = tmp_path / "run"
-    trainer = Trainer(tiny_config(data, out), quiet=True)
+    trainer = Trainer(tiny_config(tiny_npz, out), quiet=True)
     trainer.check_each_step = each_step
     with pytest.raises(TrainingDiverged) as error:
         trainer.run()
@@ -65,11 +60,11 @@ def test_a_non_finite_loss_stops_the_run_naming_its_epoch_and_step(data, tmp_pat
     assert all_finite(out / "checkpoints/best.safetensors")
 
 
-def test_the_cli_prints_the_non_finite_loss_as_one_line_and_exits_2(data, tmp_path, monkeypatch, capsys):
+def test_the_cli_prints_the_non_finite_loss_as_one_line_and_exits_2(tiny_npz, tmp_path, monkeypatch, capsys):
     poison_losses(monkeypatch, {2})
     out = tmp_path / "run"
-    config = tiny_config(data, out)
-    flags = ["train", "--data", str(data), "--out", str(out), "--quiet", "--epochs", "1",
+    config = tiny_config(tiny_npz, out)
+    flags = ["train", "--data", str(tiny_npz), "--out", str(out), "--quiet", "--epochs", "1",
              "--batch-size", "4", "--checkpoint-every", "3"]
     flags += [f"--{k.replace('_', '-')}={v}" for k, v in config.model_options.items()]
     assert main(flags) == 2
@@ -80,7 +75,7 @@ def test_the_cli_prints_the_non_finite_loss_as_one_line_and_exits_2(data, tmp_pa
     assert not (out / "checkpoints/last.safetensors").exists()
 
 
-def test_skip_nonfinite_skips_the_update_leaves_the_weights_and_counts_it(data, tmp_path, monkeypatch, capsys):
+def test_skip_nonfinite_skips_the_update_leaves_the_weights_and_counts_it(tiny_npz, tmp_path, monkeypatch, capsys):
     # Steps 5 and 30: the third update of epoch 1 and the fifth of epoch 2 (two steps each).
     poison_losses(monkeypatch, {5, STEPS_PER_EPOCH + 9})
     unchanged = []
@@ -97,7 +92,7 @@ def test_skip_nonfinite_skips_the_update_leaves_the_weights_and_counts_it(data, 
 
     monkeypatch.setattr(Trainer, "_update", update)
     out = tmp_path / "run"
-    summary = loop.train(tiny_config(data, out, skip_nonfinite=True))
+    summary = loop.train(tiny_config(tiny_npz, out, skip_nonfinite=True))
     assert unchanged == [True, True]
     epoch_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
     assert [line.endswith("s  skipped 1 update") for line in epoch_lines] == [True, True, False]
@@ -109,7 +104,7 @@ def test_skip_nonfinite_skips_the_update_leaves_the_weights_and_counts_it(data, 
     assert all_finite(out / "checkpoints/last.safetensors")
 
 
-def test_skip_nonfinite_skips_an_update_whose_clipped_gradient_norm_is_not_finite(data, tmp_path, monkeypatch):
+def test_skip_nonfinite_skips_an_update_whose_clipped_gradient_norm_is_not_finite(tiny_npz, tmp_path, monkeypatch):
     real_clip = torch.nn.utils.clip_grad_norm_
     calls = {"n": 0}
 
@@ -119,17 +114,17 @@ def test_skip_nonfinite_skips_an_update_whose_clipped_gradient_norm_is_not_finit
         return norm * math.inf if calls["n"] == 7 else norm
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
-    summary = loop.train(tiny_config(data, tmp_path / "run", skip_nonfinite=True, grad_clip=1.0), quiet=True)
+    summary = loop.train(tiny_config(tiny_npz, tmp_path / "run", skip_nonfinite=True, grad_clip=1.0), quiet=True)
     assert summary["skipped_updates"] == 1
 
 
-def test_skip_nonfinite_still_stops_after_ten_bad_updates_in_a_row(data, tmp_path, monkeypatch):
+def test_skip_nonfinite_still_stops_after_ten_bad_updates_in_a_row(tiny_npz, tmp_path, monkeypatch):
     # From step 24 (epoch 2 step 3, in update 13) on, every loss is NaN: updates 13..22 are
     # skipped, and the tenth in a row, at epoch 2 step 20, stops the run.
     poison_losses(monkeypatch, set(range(STEPS_PER_EPOCH + 3, 200)))
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as error:
-        loop.train(tiny_config(data, out, skip_nonfinite=True), quiet=True)
+        loop.train(tiny_config(tiny_npz, out, skip_nonfinite=True), quiet=True)
     last = out / "checkpoints/last.safetensors"
     assert str(error.value) == (
         f"10 updates in a row had a non-finite loss or gradient norm (the last at epoch 2 step 21/21); "
@@ -140,7 +135,7 @@ def test_skip_nonfinite_still_stops_after_ten_bad_updates_in_a_row(data, tmp_pat
     assert loop.MAX_SKIPPED_IN_A_ROW == 10
 
 
-def test_weights_that_became_non_finite_are_never_saved(data, tmp_path, monkeypatch):
+def test_weights_that_became_non_finite_are_never_saved(tiny_npz, tmp_path, monkeypatch):
     real_update = Trainer._update
 
     def update(self, *args):
@@ -156,5 +151,5 @@ def test_weights_that_became_non_finite_are_never_saved(data, tmp_path, monkeypa
     with pytest.raises(TrainingDiverged, match=r"the weights became NaN or infinite by epoch 1 step 12/21 "
                                                r"\(update 6\); stopped without saving; the previous checkpoint "
                                                r".*last.safetensors \(epoch 1 step 6/21\) is intact"):
-        loop.train(tiny_config(data, out), quiet=True)
+        loop.train(tiny_config(tiny_npz, out), quiet=True)
     assert progress(last)["update"] == 3 and all_finite(last)

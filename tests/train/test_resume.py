@@ -29,19 +29,15 @@ pytestmark = pytest.mark.usefixtures("no_plots")
 
 
 @pytest.fixture(scope="module")
-def data(tiny_npz):
-    return tiny_npz
-
-
-@pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
+def reference(tiny_npz, tmp_path_factory):
     """The run that never stopped."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    train(tiny_config(data, out), quiet=True)
+    train(tiny_config(tiny_npz, out), quiet=True)
     return out
 
 
-def kill_after_update(monkeypatch, k: int) -> None:
+def train_killed_after_update(monkeypatch, tiny_npz, out, k: int) -> None:
+    """Start the tiny run in `out` and "kill" it right after optimiser update `k`."""
     original = Trainer._update
 
     def update_then_die(self, *args):
@@ -50,7 +46,10 @@ def kill_after_update(monkeypatch, k: int) -> None:
             raise Killed
         return applied
 
-    monkeypatch.setattr(Trainer, "_update", update_then_die)
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_update", update_then_die)
+        with pytest.raises(Killed):
+            train(tiny_config(tiny_npz, out), quiet=True)
 
 
 def resume(out, **kwargs) -> dict:
@@ -61,13 +60,10 @@ def resume(out, **kwargs) -> dict:
 # after one, the last update of epoch 1 (killed before its epoch-end checkpoint), the first of
 # epoch 2, one in epoch 3, and the very last update.
 @pytest.mark.parametrize("k, saved", [(2, None), (4, 3), (11, 9), (13, 12), (26, 24), (UPDATES, 30)])
-def test_a_run_interrupted_after_any_update_resumes_bit_identical(data, reference, tmp_path, monkeypatch,
+def test_a_run_interrupted_after_any_update_resumes_bit_identical(tiny_npz, reference, tmp_path, monkeypatch,
                                                                   k, saved):
     out = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        kill_after_update(patch, k)
-        with pytest.raises(Killed):
-            train(tiny_config(data, out), quiet=True)
+    train_killed_after_update(monkeypatch, tiny_npz, out, k)
     last = out / "checkpoints/last.safetensors"
     assert (progress(last)["update"] if last.exists() else None) == saved
     resume(out)
@@ -77,12 +73,9 @@ def test_a_run_interrupted_after_any_update_resumes_bit_identical(data, referenc
     assert temporaries(out) == []
 
 
-def test_a_mid_epoch_checkpoint_holds_the_step_the_sums_and_the_rng(data, tmp_path, monkeypatch):
+def test_a_mid_epoch_checkpoint_holds_the_step_the_sums_and_the_rng(tiny_npz, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        kill_after_update(patch, 14)
-        with pytest.raises(Killed):
-            train(tiny_config(data, out), quiet=True)
+    train_killed_after_update(monkeypatch, tiny_npz, out, 14)
     # Epoch 1 has 11 updates; update 12 ends the first two-step group of epoch 2.
     p = progress(out / "checkpoints/last.safetensors")
     assert (p["epoch"], p["step"], p["update"]) == (1, 2, 12)
@@ -94,12 +87,9 @@ def test_a_mid_epoch_checkpoint_holds_the_step_the_sums_and_the_rng(data, tmp_pa
     assert rng["rng.torch"].dtype == torch.uint8 and "numpy" in meta and "python" in meta
 
 
-def test_the_progress_bar_resumes_at_the_image_reached(data, tmp_path, monkeypatch):
+def test_the_progress_bar_resumes_at_the_image_reached(tiny_npz, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        kill_after_update(patch, 14)
-        with pytest.raises(Killed):
-            train(tiny_config(data, out), quiet=True)
+    train_killed_after_update(monkeypatch, tiny_npz, out, 14)
     bars = []
     import vitkit.train.loop as loop
 
@@ -114,13 +104,10 @@ def test_the_progress_bar_resumes_at_the_image_reached(data, tmp_path, monkeypat
     assert bars == [(84 + 2 * 4, 3 * 84)]
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_afresh_with_a_note(data, reference, tmp_path,
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh_with_a_note(tiny_npz, reference, tmp_path,
                                                                              monkeypatch, capsys):
     out = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        kill_after_update(patch, 2)
-        with pytest.raises(Killed):
-            train(tiny_config(data, out), quiet=True)
+    train_killed_after_update(monkeypatch, tiny_npz, out, 2)
     assert not (out / "checkpoints/last.safetensors").exists()
     capsys.readouterr()
     resume(out)
@@ -129,7 +116,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh_with_a_note(data
     assert_same_run(out, reference)
 
 
-def test_a_run_killed_after_its_last_epoch_writes_only_the_summary(data, reference, tmp_path, monkeypatch):
+def test_a_run_killed_after_its_last_epoch_writes_only_the_summary(tiny_npz, reference, tmp_path, monkeypatch):
     out = tmp_path / "run"
 
     def die(*args):
@@ -138,7 +125,7 @@ def test_a_run_killed_after_its_last_epoch_writes_only_the_summary(data, referen
     with monkeypatch.context() as patch:
         patch.setattr(RunFolder, "write_summary", die)
         with pytest.raises(Killed):
-            train(tiny_config(data, out), quiet=True)
+            train(tiny_config(tiny_npz, out), quiet=True)
     assert not (out / "summary.json").exists()
     before = (out / "checkpoints/last.safetensors").read_bytes()
     monkeypatch.setattr(Trainer, "train_epoch", lambda *args: pytest.fail("trained again"))
@@ -147,7 +134,7 @@ def test_a_run_killed_after_its_last_epoch_writes_only_the_summary(data, referen
     assert_same_run(out, reference)
 
 
-def test_a_finished_run_without_its_last_checkpoint_is_not_restarted(data, reference, tmp_path):
+def test_a_finished_run_without_its_last_checkpoint_is_not_restarted(tiny_npz, reference, tmp_path):
     import shutil
 
     out = tmp_path / "run"
@@ -159,7 +146,7 @@ def test_a_finished_run_without_its_last_checkpoint_is_not_restarted(data, refer
 
 # SIGTERM is a scheduler's preemption notice; SIGINT (Ctrl-C) does the same.
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_writes_a_checkpoint_and_stops_with_a_resumable_message(data, reference, tmp_path, monkeypatch,
+def test_a_signal_writes_a_checkpoint_and_stops_with_a_resumable_message(tiny_npz, reference, tmp_path, monkeypatch,
                                                                          signum):
     out = tmp_path / "run"
     original = Trainer._update
@@ -174,7 +161,7 @@ def test_a_signal_writes_a_checkpoint_and_stops_with_a_resumable_message(data, r
     with monkeypatch.context() as patch:
         patch.setattr(Trainer, "_update", update_then_signal)
         with pytest.raises(StoppedBySignal) as stopped:
-            train(tiny_config(data, out), quiet=True)
+            train(tiny_config(tiny_npz, out), quiet=True)
     assert stopped.value.signal_number == signum
     assert str(stopped.value) == (
         f"stopped by {signum.name} at epoch 2 step 10/21; checkpoint written to {out}/checkpoints/last.safetensors; "
@@ -213,14 +200,14 @@ def _fail_the_nth_save(monkeypatch, n: int, failure: Exception, seen: dict) -> N
     # How safetensors itself reports it.
     SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
 ], ids=["OSError", "SafetensorError"])
-def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(data, reference, tmp_path, monkeypatch, failure):
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_npz, reference, tmp_path, monkeypatch, failure):
     out = tmp_path / "run"
     last = out / "checkpoints/last.safetensors"
     seen = {"path": last}
     with monkeypatch.context() as patch:
         _fail_the_nth_save(patch, 3, failure, seen)
         with pytest.raises(SaveError) as error:
-            train(tiny_config(data, out), quiet=True)
+            train(tiny_config(tiny_npz, out), quiet=True)
     # Saves at updates 3 and 6 went through; the one at update 9 failed.
     assert str(error.value) == (
         f"cannot write {last}: No space left on device; the previous checkpoint {last} (epoch 1 step 12/21) "
@@ -234,7 +221,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(data, reference
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
                     reason="permissions do not stop root from writing")
-def test_an_unwritable_checkpoint_folder_stops_the_run_with_the_reason(data, tmp_path, monkeypatch):
+def test_an_unwritable_checkpoint_folder_stops_the_run_with_the_reason(tiny_npz, tmp_path, monkeypatch):
     out = tmp_path / "run"
     original = Trainer._update
 
@@ -248,18 +235,15 @@ def test_an_unwritable_checkpoint_folder_stops_the_run_with_the_reason(data, tmp
     try:
         with pytest.raises(SaveError, match="Permission denied; the previous checkpoint .* "
                                             r"\(epoch 1 step 6/21\) is intact; make the folder writable"):
-            train(tiny_config(data, out), quiet=True)
+            train(tiny_config(tiny_npz, out), quiet=True)
     finally:
         (out / "checkpoints").chmod(0o755)
     assert progress(out / "checkpoints/last.safetensors")["update"] == 3
 
 
-def test_stale_temporaries_of_a_killed_save_are_removed_on_resume(data, tmp_path, monkeypatch):
+def test_stale_temporaries_of_a_killed_save_are_removed_on_resume(tiny_npz, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        kill_after_update(patch, 4)
-        with pytest.raises(Killed):
-            train(tiny_config(data, out), quiet=True)
+    train_killed_after_update(monkeypatch, tiny_npz, out, 4)
     stale = [out / "checkpoints/.last.safetensors.abc123_x.tmp", out / ".metrics.jsonl.k9x2m1q0.tmp"]
     for path in stale:
         path.write_bytes(b"half a file")
