@@ -3,11 +3,12 @@
 glibc's malloc serves large blocks (from 128 KiB) with fresh `mmap`s and gives freed memory
 at the top of the heap back with `brk`, so each training step's activations land on new pages
 that the kernel must fault in and zero again. Raising both thresholds keeps those pages:
-10 epochs of the default digits training took 78,516 minor page faults instead of 272,877 and
-0.53 s of system time instead of 0.97 s (`/usr/bin/time -f %R` on `vitkit train --epochs 10`,
-docs/benchmarks.md). The process then holds its peak memory until it exits, which is what a
-training or benchmark process wants; the `vitkit` command calls `keep_freed_memory()` at
-start, the library never does on its own (it would change the host program's allocator).
+10 epochs of the default digits training took 79,877 minor page faults instead of 260,224 and
+0.66 s of system time instead of 1.18 s (`/usr/bin/time` on `vitkit train --epochs 10`, with
+and without VITKIT_MALLOC=default; docs/training.md). The process then holds its peak memory
+until it exits, which is what a training or benchmark process wants; the `vitkit` command
+calls `keep_freed_memory()` at start, the library never does on its own (it would change the
+host program's allocator).
 
 Set VITKIT_MALLOC=default to leave glibc's settings alone.
 """
