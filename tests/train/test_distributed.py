@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -60,15 +61,22 @@ def cli_config(data: Path, out: Path, *flags: str) -> TrainConfig:
 def torchrun(tmp_path: Path, *args: str, processes: int = 2, env: dict | None = None,
              check: bool = True) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node N -m vitkit train ARGS`, with a free port chosen by
-    torchrun and the worker hooks on the path."""
+    torchrun and the worker hooks on the path. A run that succeeds must also have ended its process
+    group: no worker may reach interpreter shutdown with gloo's threads still running (they can
+    abort the process there, SIGABRT, after the run has succeeded)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={processes}", "-m", "vitkit", "train", *args]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1",
+    threads = Path(tempfile.mkdtemp(prefix="threads-", dir=tmp_path))
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "VITKIT_TEST_THREADS": str(threads),
                 "PYTHONPATH": os.pathsep.join([str(WORKER_HOOKS), str(SRC)]), **(env or {})}
     result = subprocess.run(command, cwd=tmp_path, env=full_env, capture_output=True, text=True,
                             timeout=LAUNCH_TIMEOUT_S)
     if check:
-        assert result.returncode == 0, result.stderr[-4000:]
+        assert result.returncode == 0, f"stdout: {result.stdout[-1000:]}\nstderr: {result.stderr[-4000:]}"
+    if result.returncode == 0:
+        for rank in range(processes):
+            at_exit = json.loads((threads / f"rank{rank}.json").read_text())
+            assert not [name for name in at_exit if "gloo" in name], (rank, at_exit)
     return result
 
 

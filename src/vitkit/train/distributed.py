@@ -24,8 +24,11 @@ Under torchrun:
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -54,11 +57,40 @@ def is_main_process() -> bool:
 
 
 def end_process_group() -> None:
-    """Destroy the process group if vitkit started it (the end of `vitkit.train.train`)."""
+    """Destroy the process group if vitkit started it (the end of `vitkit.train.train`), so that
+    its threads end here and not in interpreter shutdown (see `Distributed.from_environment`)."""
     global _started_here
     if _started_here and dist.is_initialized():
+        _forget_device_meshes()
+        gc.collect()  # the run's DDP/FSDP objects, which hold the group
         dist.destroy_process_group()
     _started_here = False
+
+
+def _forget_device_meshes() -> None:
+    """Empty DTensor's caches. FSDP2's parameters are DTensors, and DTensor keeps sharding and
+    redistribution plans in caches that hold the run's device mesh, and through it the process
+    group, which would then outlive destroy_process_group. The run is over; the caches only save
+    time. (Private caches of torch 2.13; what another torch lacks is passed over.)"""
+    if "torch.distributed.tensor" not in sys.modules:
+        return
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("torch.distributed.tensor") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            members = list(vars(value).values()) if isinstance(value, type) else []
+            for item in [value, *members]:
+                item = getattr(item, "__func__", item)  # staticmethod
+                if isinstance(item, functools._lru_cache_wrapper):  # functools.cache, lru_cache
+                    item.cache_clear()
+    from torch.distributed.tensor import DTensor
+
+    with contextlib.suppress(AttributeError):
+        DTensor._op_dispatcher.sharding_propagator.propagate_op_sharding.cache_clear()
+    with contextlib.suppress(AttributeError):
+        torch._C._clear_DTensor_sharding_propagator_cache()
+    with contextlib.suppress(AttributeError, KeyError):
+        sys.modules["torch.distributed.tensor._redistribute"].clear_redistribute_planner_cache()
 
 
 def rank_seed(seed: int, rank: int, update: int) -> int:
@@ -87,6 +119,12 @@ class Distributed:
         if not dist.is_initialized():
             if torch.cuda.is_available():
                 torch.cuda.set_device(local_rank)
+            # DDP imports torch._dynamo, and that import takes references to the process groups
+            # that exist at the time. Such a group outlives destroy_process_group with its gloo
+            # threads running into interpreter shutdown, where one of them now and then aborts the
+            # process ("terminate called without an active exception", SIGABRT) when it next
+            # needs the GIL. Imported before the group exists, it holds none.
+            import torch._dynamo as _dynamo  # noqa: F401 (binds no local `torch`)
             # Both backends: the device is read from the run's config, which rank 0 may only
             # know after the group exists (a resumed run's config.yaml).
             dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")

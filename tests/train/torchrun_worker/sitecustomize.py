@@ -8,7 +8,9 @@ their PYTHONPATH), so that they run the real `torchrun ... -m vitkit train` comm
   every rank has finished epoch K and rank 0 has written its checkpoint;
 - VITKIT_TEST_SIGTERM_AT_UPDATE=K: rank 1 alone sends itself SIGTERM during its K-th optimiser
   update (as if only its machine were being preempted);
-- VITKIT_TEST_NAN_AT_STEP=K: rank 1 alone gets a NaN loss at its K-th loss computation.
+- VITKIT_TEST_NAN_AT_STEP=K: rank 1 alone gets a NaN loss at its K-th loss computation;
+- VITKIT_TEST_THREADS=DIR: each worker writes the names of its threads, as the last thing
+  before the interpreter shuts down, to DIR/rank<RANK>.json.
 
 Only torchrun's workers (RANK set) are touched; torchrun's own agent process is left alone.
 """
@@ -55,6 +57,19 @@ def _record_file_access(watched: str, log_dir: str) -> None:
             json.dump(events, f)
 
     atexit.register(dump)
+
+
+def _record_threads_at_exit(log_dir: str) -> None:
+    def dump():
+        tasks = "/proc/self/task"
+        names = []
+        for task in os.listdir(tasks):
+            with open(os.path.join(tasks, task, "comm")) as f:
+                names.append(f.read().strip())
+        with open(os.path.join(log_dir, f"rank{os.environ['RANK']}.json"), "w") as f:
+            json.dump(sorted(names), f)
+
+    atexit.register(dump)  # registered first, so run last
 
 
 def _stop_after(epoch_count: int) -> None:
@@ -105,6 +120,8 @@ def _nan_at_step(step: int) -> None:
 
 
 if "RANK" in os.environ:
+    if os.environ.get("VITKIT_TEST_THREADS"):
+        _record_threads_at_exit(os.environ["VITKIT_TEST_THREADS"])
     if os.environ.get("VITKIT_TEST_WATCH"):
         _record_file_access(os.environ["VITKIT_TEST_WATCH"], os.environ["VITKIT_TEST_LOG"])
     if os.environ.get("VITKIT_TEST_STOP_AFTER_EPOCH"):
