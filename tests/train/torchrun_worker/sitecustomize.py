@@ -10,7 +10,7 @@ their PYTHONPATH), so that they run the real `torchrun ... -m vitkit train` comm
   update (as if only its machine were being preempted);
 - VITKIT_TEST_NAN_AT_STEP=K: rank 1 alone gets a NaN loss at its K-th loss computation;
 - VITKIT_TEST_THREADS=DIR: each worker writes the names of its threads, as the last thing
-  before the interpreter shuts down, to DIR/rank<RANK>.json.
+  before the interpreter shuts down, to DIR/rank<RANK>.json (null without /proc).
 
 Only torchrun's workers (RANK set) are touched; torchrun's own agent process is left alone.
 """
@@ -62,12 +62,15 @@ def _record_file_access(watched: str, log_dir: str) -> None:
 def _record_threads_at_exit(log_dir: str) -> None:
     def dump():
         tasks = "/proc/self/task"
-        names = []
-        for task in os.listdir(tasks):
-            with open(os.path.join(tasks, task, "comm")) as f:
-                names.append(f.read().strip())
+        names = None  # unknown where there is no /proc (not Linux)
+        if os.path.isdir(tasks):
+            names = []
+            for task in os.listdir(tasks):
+                with open(os.path.join(tasks, task, "comm")) as f:
+                    names.append(f.read().strip())
+            names.sort()
         with open(os.path.join(log_dir, f"rank{os.environ['RANK']}.json"), "w") as f:
-            json.dump(sorted(names), f)
+            json.dump(names, f)
 
     atexit.register(dump)  # registered first, so run last
 
