@@ -1,13 +1,15 @@
 """The parts of a step, each timed alone: what the speed choices in docs/training.md and
 docs/benchmarks.md rest on.
 
-Digits model (width 64, 4 heads of 16, 17 tokens, batch 128; forward + backward):
-- vitkit's attention block (the fused projection's output permuted to q, k, v at once) against
-  the same weights with q, k, v unbound and transposed one by one, which saves a copy in the
-  backward (tried: 0-5% faster in four runs of this script, about 1% of a training step, so
-  the simpler permute stays);
-- `scaled_dot_product_attention` (fused kernel) against its math backend and a hand-written
-  softmax(QK^T)V, on 4 heads of 16 and 2 heads of 32.
+Digits model's attention block (width 64, 17 tokens, batch 128; forward + backward), all with
+vitkit's `Attention` module, on 4 heads of 16 and 2 heads of 32:
+- as trained: `scaled_dot_product_attention`, its fused kernel;
+- the same under SDPA's math backend;
+- vitkit's explicit softmax(QK^T)V, the path taken when attention weights are asked for
+  (`keep_weights=True`);
+- (4 heads) q, k, v unbound and transposed one by one instead of one permute, which saves a copy
+  in the backward (tried: 0-11% faster per block in seven runs of this script, within the
+  spread, so the simpler permute stays).
 
 ViT-S/16 at batch 8 (inference): the first MLP layer (1576 x 384 -> 1536) alone, GELU alone,
 the two in a row, oneDNN's fused linear + GELU, and attention at 197 tokens.
@@ -59,39 +61,36 @@ def unbound_attention(module: Attention, x: torch.Tensor) -> torch.Tensor:
     return module.proj(out)
 
 
-def handwritten(q, k, v):
-    return torch.matmul((torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(-1), v)
-
-
-def with_backend(backend):
-    def attend(q, k, v):
-        with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v)
-    return attend
-
-
-def backward_of(fn, *inputs):
+def backward_of(fn, x):
     def call():
-        fn(*inputs).sum().backward()
+        fn(x).sum().backward()
     return call
 
 
+def in_math_backend(fn):
+    def attend(x):
+        with sdpa_kernel(SDPBackend.MATH):
+            return fn(x)
+    return attend
+
+
 def digits_parts(repeats: int) -> dict:
-    cfg = ModelConfig(image_size=16, patch_size=4, in_chans=1, num_classes=10, width=64, depth=4,
-                      num_heads=4, mlp_dim=128)
-    module = Attention(cfg, cfg.grid_size)
     x = torch.randn(128, 17, 64, requires_grad=True)
-    grid = cfg.grid_size
-    block = {"attention block, q/k/v permuted at once (vitkit)": backward_of(lambda x: module(x, grid)[0], x),
-             "attention block, q/k/v unbound one by one": backward_of(lambda x: unbound_attention(module, x), x)}
-    kernels = {}
-    for heads, dim in ((4, 16), (2, 32)):
-        qkv = [torch.randn(128, heads, 17, dim, requires_grad=True) for _ in range(3)]
-        for name, fn in (("fused SDPA", F.scaled_dot_product_attention),
-                         ("SDPA math backend", with_backend(SDPBackend.MATH)),
-                         ("hand-written", handwritten)):
-            kernels[f"{name}, {heads} heads of {dim}"] = backward_of(fn, *qkv)
-    return medians({**block, **kernels}, repeats)
+    calls = {}
+    for heads in (4, 2):
+        cfg = ModelConfig(image_size=16, patch_size=4, in_chans=1, num_classes=10, width=64, depth=4,
+                          num_heads=heads, mlp_dim=128)
+        module, grid = Attention(cfg, cfg.grid_size), cfg.grid_size
+        fused = lambda x, module=module, grid=grid: module(x, grid)[0]  # noqa: E731
+        explicit = lambda x, module=module, grid=grid: module(x, grid, keep_weights=True)[0]  # noqa: E731
+        shape = f"{heads} heads of {64 // heads}"
+        calls[f"fused SDPA (as trained), {shape}"] = backward_of(fused, x)
+        calls[f"SDPA math backend, {shape}"] = backward_of(in_math_backend(fused), x)
+        calls[f"explicit softmax (keep_weights), {shape}"] = backward_of(explicit, x)
+        if heads == 4:
+            calls[f"q/k/v unbound one by one, {shape}"] = backward_of(
+                lambda x, module=module: unbound_attention(module, x), x)
+    return medians(calls, repeats)
 
 
 def vit_s_parts(repeats: int) -> dict:
@@ -124,7 +123,7 @@ def main() -> None:
               "digits_ms": digits, "vit_s_ms": vit_s, "linear_gflops": linear_gflops}
     rows = lambda parts: "".join(f"| {name} | {value:.2f} |\n" for name, value in parts.items())  # noqa: E731
     md = ("### The parts of a step, timed alone\n\n" + header(report, "python " + " ".join(sys.argv))
-          + f"\nDigits model, batch 128, forward + backward, {args.threads_digits} thread(s):\n\n"
+          + f"\nDigits model's attention block, batch 128, forward + backward, {args.threads_digits} thread(s):\n\n"
           "| part | ms (median) |\n|---|---:|\n" + rows(digits)
           + f"\nViT-S/16 at batch 8, inference, {args.threads_vit} thread(s):\n\n"
           "| part | ms (median) |\n|---|---:|\n" + rows(vit_s)
