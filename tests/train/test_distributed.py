@@ -247,6 +247,40 @@ def test_a_nan_loss_on_one_rank_stops_every_rank(tmp_path, data):
     assert not (run / "checkpoints" / "last.safetensors").exists()
 
 
+KEEPS_THE_EXCEPTION = """
+import json, os, sys, traceback
+from vitkit.train import TrainConfig, Trainer, train
+
+def fail(self, epoch, bar):
+    raise RuntimeError("a failure inside the run")
+
+Trainer.train_epoch = fail
+config = TrainConfig(data=sys.argv[1], out=sys.argv[2], epochs=1, batch_size=7, image_size=8,
+                     model_options=dict(width=16, depth=1, num_heads=2, mlp_dim=32))
+try:
+    train(config, quiet=True)
+except RuntimeError as error:
+    kept = error
+threads = [open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")]
+print(json.dumps({"threads": threads, "traceback": "".join(traceback.format_exception(kept))}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_a_failed_run_ends_its_process_group_even_while_the_caller_keeps_the_exception(tmp_path, data):
+    script = tmp_path / "keeps_the_exception.py"
+    script.write_text(KEEPS_THE_EXCEPTION)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+               str(script), str(data), str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=LAUNCH_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not [name for name in report["threads"] if "gloo" in name], report["threads"]
+    assert "in fail" in report["traceback"] and "a failure inside the run" in report["traceback"]
+
+
 def test_streamed_from_shards_each_rank_takes_its_share_of_the_global_batch(tmp_path, data, one_process):
     """Shards stream each rank its own part of the epoch (docs/streaming.md), so the batches are
     not one process's; what must hold is the schedule: the same global batch, steps and updates."""

@@ -56,11 +56,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def owns_process_group() -> bool:
+    """Whether vitkit started the running process group (and so ends it after the run)."""
+    return _started_here and dist.is_initialized()
+
+
 def end_process_group() -> None:
     """Destroy the process group if vitkit started it (the end of `vitkit.train.train`), so that
     its threads end here and not in interpreter shutdown (see `Distributed.from_environment`)."""
     global _started_here
-    if _started_here and dist.is_initialized():
+    if owns_process_group():
         _forget_device_meshes()
         gc.collect()  # the run's DDP/FSDP objects, which hold the group
         dist.destroy_process_group()

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Iterator
 
@@ -41,7 +42,7 @@ from vitkit.models.vit import VisionTransformer
 from vitkit.objectives.training import build_objective, prepare_config
 from vitkit.train.auto import resolve
 from vitkit.train.config import TrainConfig
-from vitkit.train.distributed import Distributed, end_process_group
+from vitkit.train.distributed import Distributed, end_process_group, owns_process_group
 from vitkit.train.optim import EMA, build_optimizer, lr_factor, set_lr
 from vitkit.train.run import RunFolder
 from vitkit.train.state import check_fits_optimizer, load_training_state, restore_rng, save_training_state
@@ -738,6 +739,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dic
     torchrun every process calls this and gets the same summary."""
     try:
         return Trainer(cfg, resume=resume, quiet=quiet).run()
+    except BaseException as error:
+        if owns_process_group():
+            # The traceback's frames hold the Trainer, its DDP/FSDP wrapper and through it the
+            # process group, which would outlive end_process_group, its threads running for as
+            # long as the caller keeps the exception. The frames' local variables go (the
+            # traceback still prints); a single process keeps them for post-mortem debugging.
+            traceback.clear_frames(error.__traceback__)
+        raise
     finally:
         end_process_group()
 
