@@ -41,8 +41,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(TrainConfig(data="digits", out=f"{tmp}/run", device="cpu"), quiet=True)
-        trainer._hold_train_images()  # uint8 at the model's size, on the device, as `run` keeps them
-        images, labels = trainer.train_images, trainer.train_labels
+        images, labels = trainer.hold_train_images()  # uint8 at the model's size, as `run` keeps them
         batch = trainer.cfg.batch_size
         n = labels.shape[0]
         trainer.model.train()

@@ -56,7 +56,9 @@ def test_streamed_epoch_batches_resume_mid_epoch_with_the_tail(tmp_path, shards)
 def test_in_memory_epoch_batches_resume_mid_epoch_with_the_tail(tmp_path):
     trainer = Trainer(TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=256, model_options=dict(TINY)),
                       quiet=True)
-    trainer._hold_train_images()
+    images, labels = trainer.hold_train_images()
+    assert images.dtype == torch.uint8 and images.shape == (len(trainer.data.train), 1, 16, 16)
+    assert torch.equal(labels, trainer.data.train.labels)
     full = list(trainer.epoch_batches(2))
     tail = list(trainer.epoch_batches(2, start_step=3))
     assert len(full) == 5 and len(tail) == 2

@@ -631,7 +631,7 @@ class Trainer:
 
     def run(self) -> dict:
         if not self.streaming:
-            self._hold_train_images()
+            self.hold_train_images()
         p = self.progress
         # Counting images, so the bar shows images/s.
         done = p["epoch"] * self.train_count + min(p["step"] * self.cfg.batch_size, self.train_count)
@@ -660,7 +660,9 @@ class Trainer:
                     raise self._stopped()
         return self.finish()
 
-    def _hold_train_images(self) -> None:
+    def hold_train_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put the training split on the device as each epoch reads it (in memory, not streamed):
+        uint8 images at the model's input size, and their labels. Returns (images, labels)."""
         images = self.data.train.images.to(self.device)
         cfg = self.model.config
         if tuple(images.shape[1:]) != (cfg.in_chans, *cfg.image_size):
@@ -669,6 +671,7 @@ class Trainer:
                                 for i in range(0, images.shape[0], 1024)])
         self.train_images = images
         self.train_labels = self.data.train.labels.to(self.device)
+        return self.train_images, self.train_labels
 
     def _end_epoch(self, epoch: int, stats: dict) -> None:
         p = self.progress
