@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 from vitkit.allocator import keep_freed_memory
@@ -33,3 +35,18 @@ def header(report: dict, command: str) -> str:
     return (f"- machine: {device}\n- torch {m['torch']}, transformers {m['transformers']}, timm {m['timm']}, "
             f"python {m['python']}\n- date: {m['date_utc']}; load average (1, 5, 15 min) at the end of the run: "
             f"{', '.join(f'{v:.2f}' for v in load) if load else 'n/a'}\n- command: `{command}`\n")
+
+
+def medians(calls: dict, repeats: int) -> dict:
+    """Median milliseconds of each call, the calls alternating round by round (after two
+    warm-up calls each), so that a drift in the machine's speed slows them all alike."""
+    for call in calls.values():
+        call()
+        call()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}

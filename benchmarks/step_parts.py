@@ -24,32 +24,16 @@ Writes benchmarks/results/step_parts.{json,md}.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from _common import header, write
+from _common import header, medians, write
 from vitkit.bench import machine_info
 from vitkit.models.config import ModelConfig
 from vitkit.models.vit import Attention
-
-
-def medians(calls: dict, repeats: int) -> dict:
-    """Median milliseconds of each call, the calls alternating round by round."""
-    for call in calls.values():  # warm-up
-        call()
-        call()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def unbound_attention(module: Attention, x: torch.Tensor) -> torch.Tensor:
