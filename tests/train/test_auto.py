@@ -19,7 +19,8 @@ def fake_splits(n_train: int, side: int = 32, channels: int = 3) -> DataSplits:
 def test_the_digits_get_the_compact_model_batch_128_for_100_epochs_and_the_last_model():
     cfg, model, notes = resolve(TrainConfig(), load_data("digits"))
     assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.warmup_epochs) == (128, 6e-3, 100, 2.0)
-    assert cfg.select == "last" and cfg.optimizer == "adamw" and cfg.weight_decay == 0.1
+    assert cfg.select == "last" and cfg.optimizer == "muon" and cfg.weight_decay == 0.1
+    assert any(note.startswith("optimizer: Muon") for note in notes)
     assert (model.width, model.depth, model.num_heads, model.mlp_dim) == (64, 4, 4, 128)
     assert model.image_size == (16, 16) and model.patch_size == 4
     assert cfg.augment["mixup"] == 0.8 and cfg.augment["elastic"] == 0.0
@@ -39,3 +40,11 @@ def test_early_stopping_keeps_the_best_validation_model_and_a_given_choice_is_ke
     assert stopping.select == "best"
     chosen, _, _ = resolve(TrainConfig(select="best", batch_size=16, epochs=7), fake_splits(1000))
     assert (chosen.select, chosen.batch_size, chosen.epochs) == ("best", 16, 7)
+
+
+def test_muon_only_for_tiny_sets_and_never_under_fsdp():
+    assert resolve(TrainConfig(), fake_splits(4_999))[0].optimizer == "muon"
+    assert resolve(TrainConfig(), fake_splits(5_000))[0].optimizer == "adamw"
+    assert resolve(TrainConfig(fsdp=True), fake_splits(1_000))[0].optimizer == "adamw"
+    assert resolve(TrainConfig(recipe="finetune"), fake_splits(1_000))[0].optimizer == "sgd"
+    assert resolve(TrainConfig(optimizer="adamw"), fake_splits(1_000))[0].optimizer == "adamw"

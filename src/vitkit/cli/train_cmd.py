@@ -20,7 +20,7 @@ TRAIN_HELP = {
     "recipe": "default, or finetune (the paper's: SGD momentum 0.9, no weight decay, clip 1, cosine)",
     "epochs": "training epochs (default: picked from the data size)",
     "batch_size": "images per step",
-    "optimizer": "adamw or sgd",
+    "optimizer": "adamw, sgd, or muon (Muon for the blocks' weight matrices, AdamW for the rest)",
     "lr": "peak learning rate",
     "warmup_epochs": "linear warm-up length in epochs",
     "schedule": "cosine, linear or constant decay after warm-up",

@@ -18,7 +18,7 @@ from vitkit.errors import ConfigError
 from vitkit.fields import check_fields
 from vitkit.models.config import ModelConfig
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "muon")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FREEZE = ("none", "backbone")
@@ -165,6 +165,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
         if self.lr == 0:
             raise ConfigError("lr must be positive")
+        if self.optimizer == "muon" and self.fsdp:
+            raise ConfigError("--optimizer muon orthogonalises whole weight matrices, which --fsdp splits "
+                              "across processes; leave out --fsdp (DDP keeps them whole) or use --optimizer adamw")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema must be in [0, 1) (0 turns it off), got {self.ema}")
         if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
