@@ -33,8 +33,11 @@ def assert_same_tensors(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_a_run_stopped_and_resumed_ends_bit_identical_to_one_that_never_stopped(tmp_path, monkeypatch):
-    changes = dict(epochs=4, ema=0.9, model_options={**TINY, "dropout": 0.1})
+# The digits are a small set, so left alone the run picks Muon (with AdamW for the vectors);
+# AdamW alone is the optimiser of larger sets. Both must resume exactly.
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_run_stopped_and_resumed_ends_bit_identical_to_one_that_never_stopped(tmp_path, monkeypatch, optimizer):
+    changes = dict(epochs=4, ema=0.9, model_options={**TINY, "dropout": 0.1}, optimizer=optimizer)
     train(config(tmp_path, "straight", **changes), quiet=True)
 
     original_end = Trainer._end_epoch
@@ -194,7 +197,8 @@ def test_sgd_recipe_and_weight_decay_exemptions(tmp_path):
     trainer = Trainer(config(tmp_path, recipe="finetune"), quiet=True)
     assert trainer.cfg.optimizer == "sgd" and trainer.cfg.weight_decay == 0.0 and trainer.cfg.grad_clip == 1.0
     assert isinstance(trainer.optimizer, torch.optim.SGD)
-    trainer = Trainer(config(tmp_path, "adamw", weight_decay=0.05), quiet=True)
+    trainer = Trainer(config(tmp_path, "adamw", optimizer="adamw", weight_decay=0.05), quiet=True)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
     decays = {g["weight_decay"]: sum(p.numel() for p in g["params"]) for g in trainer.optimizer.param_groups}
     exempt = trainer.model.no_weight_decay()
     expected_exempt = sum(p.numel() for n, p in trainer.model.named_parameters() if n in exempt)
