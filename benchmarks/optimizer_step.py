@@ -27,7 +27,7 @@ from _common import header, medians, write
 from vitkit.bench import machine_info
 from vitkit.models.config import ModelConfig
 from vitkit.models.vit import VisionTransformer
-from vitkit.train.optim import build_optimizer, muon_groups, param_groups
+from vitkit.train.optim import build_optimizer, muon_groups
 
 STEPS = 20
 
@@ -36,7 +36,7 @@ class TorchMuonPair:
     """torch.optim.Muon for the matrices vitkit's Muon takes, fused AdamW for the rest."""
 
     def __init__(self, model: VisionTransformer, lr: float, weight_decay: float):
-        groups = muon_groups(model, param_groups(model, weight_decay))
+        groups = muon_groups(model, weight_decay)
         matrices = [p for g in groups if g["muon"] for p in g["params"]]
         rest = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups if not g["muon"]]
         self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")

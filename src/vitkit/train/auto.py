@@ -116,8 +116,8 @@ def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits) -> tuple[TrainCo
         notes.append(f"epochs: {epochs} for {n} training images")
     if cfg.optimizer is None:
         # Tiny sets: Muon for the blocks' weight matrices (AdamW for the rest) made a sixth fewer
-        # test errors than AdamW alone on the digits at the same learning rate and time
-        # (docs/training.md, sixth round). It needs whole matrices, so not under --fsdp.
+        # test errors than AdamW alone on the digits, at the same learning rate and within the
+        # same minute (docs/training.md, sixth round). It needs whole matrices, so not under --fsdp.
         changes["optimizer"] = "sgd" if finetune else ("muon" if tiny and not cfg.fsdp else "adamw")
         if changes["optimizer"] == "muon":
             notes.append(f"optimizer: Muon for the blocks' weight matrices, AdamW for the rest, for "

@@ -25,11 +25,11 @@ def param_groups(model: VisionTransformer, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: VisionTransformer, name: str, lr: float, weight_decay: float,
                     momentum: float = 0.9, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
+    if name == "muon":
+        return Muon(muon_groups(model, weight_decay), lr=lr, betas=tuple(betas))
     groups = param_groups(model, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=False)
-    if name == "muon":
-        return Muon(muon_groups(model, groups), lr=lr, betas=tuple(betas))
     # The fused kernel exists for CPUs as well as GPUs: on the default digits model one AdamW
     # step takes 0.49 ms fused, 1.9 ms with foreach and 2.9 ms with the per-tensor loop
     # (1 thread, 2-core EPYC), a tenth of the training time.
@@ -37,19 +37,18 @@ def build_optimizer(model: VisionTransformer, name: str, lr: float, weight_decay
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device in ("cpu", "cuda") or None)
 
 
-def muon_groups(model: VisionTransformer, groups: list[dict]) -> list[dict]:
-    """`groups` with the weight matrices of the transformer blocks' linear layers (attention's
-    qkv and projection, the MLP's two) moved to a group of their own that Muon updates;
-    everything else (patch embedding, tokens, position embeddings and relative-position tables,
-    norms, biases, head) stays with AdamW, as Muon's authors prescribe for the input and output
-    layers."""
+def muon_groups(model: VisionTransformer, weight_decay: float) -> list[dict]:
+    """`param_groups` with the weight matrices of the transformer blocks' linear layers
+    (attention's qkv and projection, the MLP's two) moved to a group of their own that Muon
+    updates; everything else (patch embedding, tokens, position embeddings and relative-position
+    tables, norms, biases, head) stays with AdamW, as Muon's authors prescribe for the input and
+    output layers."""
     linear = {id(m.weight) for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)}
-    hidden = [p for p in model.parameters() if p.requires_grad and id(p) in linear]
-    chosen = {id(p) for p in hidden}
-    rest = [{**g, "params": [p for p in g["params"] if id(p) not in chosen]} for g in groups]
-    decay = next((g["weight_decay"] for g in groups if g["weight_decay"]), 0.0)
-    muon = [{"params": hidden, "weight_decay": decay, "muon": True}] if hidden else []
-    return muon + [{**g, "muon": False} for g in rest if g["params"]]
+    groups = [{**g, "muon": False} for g in param_groups(model, weight_decay)]
+    matrices = [p for g in groups for p in g["params"] if id(p) in linear]
+    rest = [{**g, "params": [p for p in g["params"] if id(p) not in linear]} for g in groups]
+    muon = [{"params": matrices, "weight_decay": weight_decay, "muon": True}] if matrices else []
+    return muon + [g for g in rest if g["params"]]
 
 
 # The quintic Newton-Schulz coefficients of Muon (Jordan et al. 2024).
@@ -126,7 +125,7 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_add_([params[i] for i in members], list(ortho.unbind(0)), alpha=-scale)
 
     def _adamw_step(self, group: dict, params: list[torch.Tensor]) -> None:
-        fused = params[0].device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+        fused = params[0].device.type in ("cpu", "cuda")
         exp_avgs, exp_avg_sqs, steps = [], [], []
         for p in params:
             state = self.state[p]
