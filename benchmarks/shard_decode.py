@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import log, write
 from PIL import Image
 
-from _common import log, write
 from vitkit.bench import machine_info
 from vitkit.data.shard_writer import shard_data
 from vitkit.data.shards import ShardBatches, load_batches, open_shards
@@ -97,7 +97,7 @@ def main() -> None:
               "images_per_second": rows, "cpu_ms_per_image": cpu_ms}
     m = report["machine"]
     command = "PYTHONPATH=src python benchmarks/shard_decode.py " + " ".join(sys.argv[1:])
-    lines = [f"# Streamed shard decoding\n",
+    lines = ["# Streamed shard decoding\n",
              f"- machine: {m['cpu']}, {m['cpu_cores']} cores; torch {m['torch']}, python {m['python']}",
              f"- date: {m['date_utc']}; load average at the end: {', '.join(f'{v:.2f}' for v in m['load_average'])}",
              f"- command: `{command}`",

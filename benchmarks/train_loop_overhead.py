@@ -27,7 +27,7 @@ import torch
 
 from _common import header, log, write
 from vitkit.bench import machine_info
-from vitkit.evaluate.classification import autocast
+from vitkit.device import autocast
 from vitkit.train.config import TrainConfig
 from vitkit.train.loop import Trainer, soft_cross_entropy
 

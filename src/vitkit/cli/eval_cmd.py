@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vitkit.cli.main import print_json
+from vitkit.device import pick_device
 from vitkit.cli.options import add_image_limit_flag
 from vitkit.data import load_data
 from vitkit.data.images import progress_bar
@@ -12,7 +13,6 @@ from vitkit.evaluate.classification import classification_metrics, predict_batch
 from vitkit.formats import load
 from vitkit.objectives.adversarial import ATTACKS, adversarial_accuracy
 from vitkit.objectives.distill import HEADS, head_logits, predict_head_logits
-from vitkit.train.loop import pick_device
 
 
 def add_data_flags(p) -> None:

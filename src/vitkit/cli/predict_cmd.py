@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from vitkit.cli.main import print_json
+from vitkit.device import pick_device
 from vitkit.cli.options import add_image_limit_flag
 from vitkit.data import read_images
 from vitkit.evaluate.preprocess import prepare_images
 from vitkit.formats import load
-from vitkit.train.loop import pick_device
 
 
 def register(sub, parent) -> None:

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Iterable
 
 import torch
 
+from vitkit.device import autocast
 from vitkit.evaluate.preprocess import prepare_images
 from vitkit.models.vit import VisionTransformer
-
-
-def autocast(device: torch.device, precision: str):
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device.type, dtype=dtype)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()

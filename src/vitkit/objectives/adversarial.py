@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vitkit.errors import ConfigError
-from vitkit.evaluate.classification import autocast
+from vitkit.device import autocast
 from vitkit.evaluate.preprocess import normalize, resize_images
 
 ATTACKS = ("fgsm", "pgd")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from vitkit.data.augment import soft_targets
 from vitkit.errors import ConfigError
-from vitkit.evaluate.classification import autocast
+from vitkit.device import autocast
 from vitkit.evaluate.preprocess import fit_pixels, normalize
 from vitkit.formats import load as load_checkpoint
 

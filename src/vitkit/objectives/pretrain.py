@@ -26,7 +26,7 @@ from tqdm import tqdm
 from vitkit.data import load_data
 from vitkit.data.augment import AugmentConfig, Augmenter
 from vitkit.errors import ConfigError
-from vitkit.evaluate.classification import autocast
+from vitkit.device import autocast, pick_device, pick_precision, seed_everything
 from vitkit.evaluate.preprocess import normalize, resize_images
 from vitkit.formats.native import save as save_model
 from vitkit.io import write_json, write_text
@@ -35,7 +35,6 @@ from vitkit.objectives.mae import MASK_RATIO, MaskedAutoencoder
 from vitkit.objectives.mpp import MaskedPatchPrediction
 from vitkit.train.auto import resolve
 from vitkit.train.config import TrainConfig
-from vitkit.train.loop import pick_device, pick_precision, seed_everything
 from vitkit.train.optim import lr_factor, param_groups, set_lr
 from vitkit.train.run import RunFolder
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from vitkit.errors import ConfigError
-from vitkit.evaluate.classification import autocast
+from vitkit.device import autocast
 from vitkit.evaluate.preprocess import normalize
 from vitkit.formats import load as load_checkpoint
 from vitkit.objectives.adversarial import attack, model_logits_fn

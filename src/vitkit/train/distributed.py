@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from vitkit.errors import CheckpointError, ConfigError, VitkitError
-from vitkit.evaluate.classification import autocast
+from vitkit.device import autocast
 from vitkit.evaluate.preprocess import prepare_images
 from vitkit.formats import apply_state
 from vitkit.models.vit import VisionTransformer

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
-import random
 import signal
 import sys
 import threading
@@ -22,7 +21,6 @@ import traceback
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -32,7 +30,8 @@ from vitkit.data.augment import AugmentConfig, Augmenter
 from vitkit.data.dataset import training_subset
 from vitkit.data.shards import ShardBatches, is_shard_folder, load_batches, open_shards
 from vitkit.errors import CheckpointError, ConfigError, SaveError, StoppedBySignal, TrainingDiverged
-from vitkit.evaluate.classification import autocast, classification_metrics, predict_batches, predict_logits
+from vitkit.device import autocast, pick_device, pick_precision, seed_everything
+from vitkit.evaluate.classification import classification_metrics, predict_batches, predict_logits
 from vitkit.evaluate.preprocess import normalize, resize_images
 from vitkit.formats import load as load_checkpoint
 from vitkit.formats.native import save as save_model
@@ -68,37 +67,10 @@ def new_progress() -> dict:
             "epoch_sums": None, "history": []}
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The permutation of the n training images for one epoch, a function of (seed, epoch) only."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-
-
-def pick_precision(name: str, device: torch.device) -> str:
-    if name != "auto":
-        if name == "fp16" and device.type == "cpu":
-            raise ConfigError("fp16 autocast needs a GPU; use --precision bf16 or fp32 on the CPU")
-        return name
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
