@@ -79,6 +79,10 @@ def test_train_writes_a_run_and_eval_reproduces_its_test_accuracy(trained):
     metrics = json.loads(result.stdout)
     assert metrics["top1"] == summary["test_acc"] and metrics["n"] == 359
     assert sum(map(sum, metrics["confusion"])) == 359
+    # Reported as the exact ratio of counts (float64), in --json and in summary.json alike.
+    right = sum(metrics["confusion"][c][c] for c in range(10))
+    assert summary["test_acc"] == right / 359
+    assert json.loads((out / "summary.json").read_text())["test_acc"] == right / 359
     assert metrics["top5"] >= metrics["top1"]
 
 

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+import sklearn.linear_model as sklearn_linear
 import torch
 
 from vitkit.errors import DataError
 from vitkit.evaluate.probe import fit_logistic, linear_probe
-
-sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
 
 def _blobs(n=300, dim=6, classes=3, seed=0, spread=1.5):

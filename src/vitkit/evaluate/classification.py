@@ -45,16 +45,18 @@ def predict_batches(model: VisionTransformer, batches: Iterable[tuple[torch.Tens
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """top1, top5 (0..1), n and the confusion matrix (rows: true class, columns: predicted)."""
+    """top1, top5 (0..1, each the exact ratio correct / n), n and the confusion matrix (rows: true
+    class, columns: predicted)."""
     labels = labels.to(logits.device)
     n, k = logits.shape
     pred = logits.argmax(dim=1)
     top = logits.topk(min(5, k), dim=1).indices
     confusion = torch.zeros(k, k, dtype=torch.long)
     confusion.index_put_((labels.cpu(), pred.cpu()), torch.ones(n, dtype=torch.long), accumulate=True)
+    # Counts divided in Python: the exact ratio k/n as a float64, not a float32 mean widened.
     return {
-        "top1": float((pred == labels).float().mean()) if n else 0.0,
-        "top5": float((top == labels[:, None]).any(dim=1).float().mean()) if n else 0.0,
+        "top1": int((pred == labels).sum()) / n if n else 0.0,
+        "top5": int((top == labels[:, None]).any(dim=1).sum()) / n if n else 0.0,
         "n": int(n),
         "confusion": confusion.tolist(),
     }
