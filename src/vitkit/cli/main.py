@@ -19,7 +19,7 @@ from vitkit.allocator import keep_freed_memory
 from vitkit.errors import StoppedBySignal, VitkitError
 
 COMMANDS = ["train", "eval", "predict", "models", "convert", "fewshot", "probe", "analyze",
-            "experiment", "bench", "pretrain", "shard"]
+            "experiment", "bench", "pretrain", "shard", "explore"]
 
 
 def common_flags() -> argparse.ArgumentParser:
