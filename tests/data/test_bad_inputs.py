@@ -80,26 +80,50 @@ def test_truncated_files_are_caught(tmp_path, suffix):
     noisy.save(root / "cat" / f"cut{suffix}")
     data = (root / "cat" / f"cut{suffix}").read_bytes()
     (root / "cat" / f"cut{suffix}").write_bytes(data[: len(data) // 2])
-    expected = rf"1 unreadable image file.s. in .*: cut\{suffix} \((corrupt or truncated|not)"
+    expected = rf"1 unreadable image file.s. in .*: cat/cut\{suffix} \((corrupt or truncated|not)"
     with pytest.raises(DataError, match=expected):
         _load(root)
 
 
+def test_every_bad_file_is_named_at_once_under_its_class_folder(tmp_path):
+    # An unknown format fails on the header, a truncated file only when decoded: both are in the
+    # first error, not the truncated one after the other is fixed.
+    root = write_class_folder(tmp_path / "d" / "train", {"cat": 2, "dog": 2}).parent
+    write_class_folder(root / "test", {"cat": 1, "dog": 1})
+    (root / "train" / "cat" / "notes.png").write_bytes(b"plain text, not an image")
+    Image.effect_noise((64, 64), 60).convert("RGB").save(root / "train" / "dog" / "cut.png")
+    data = (root / "train" / "dog" / "cut.png").read_bytes()
+    (root / "train" / "dog" / "cut.png").write_bytes(data[: len(data) // 2])
+    (root / "test" / "dog" / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        _load(root)
+    message = _one_line(err)
+    assert message.startswith(f"3 unreadable image file(s) in {root}: "
+                              "test/dog/empty.png (not a readable image: unknown format or damaged header), "
+                              "train/cat/notes.png (not a readable image: unknown format or damaged header), "
+                              "train/dog/cut.png (corrupt or truncated (image file is truncated")
+    assert message.endswith("; fix or delete them, or pass skip_bad_images=True (--skip-bad-images)")
+    splits = load_data(str(root), quiet=True, skip_bad_images=True)
+    assert (len(splits.train) + len(splits.val), len(splits.test)) == (4, 2)
+    assert splits.notes[0].startswith("skipped 3 unreadable image file(s): test/dog/empty.png")
+
+
 def test_skip_bad_images_keeps_the_rest_and_counts_the_skipped(tmp_path):
     root = write_class_folder(tmp_path / "d", {"cat": 3, "dog": 3})
-    for i in range(7):
-        (root / "dog" / f"bad{i}.png").write_bytes(b"junk")
+    for i in range(12):
+        (root / "dog" / f"bad{i:02d}.png").write_bytes(b"junk")
     splits = _load(root, skip_bad_images=True)
     assert len(splits.train) == 6
     assert len(splits.notes) == 1
-    assert splits.notes[0].startswith("skipped 7 unreadable image file(s): bad0.png")
+    assert splits.notes[0].startswith("skipped 12 unreadable image file(s): dog/bad00.png (not a readable image")
+    assert "dog/bad09.png" in splits.notes[0] and "bad10" not in splits.notes[0]
     assert splits.notes[0].endswith("and 2 more")
 
 
 def test_every_file_bad_is_an_error_even_when_skipping(tmp_path):
     (tmp_path / "d" / "cat").mkdir(parents=True)
     (tmp_path / "d" / "cat" / "x.png").write_bytes(b"junk")
-    with pytest.raises(DataError, match="none of the 1 image files under .* can be read: x.png"):
+    with pytest.raises(DataError, match="none of the 1 image files under .* can be read: cat/x.png"):
         _load(tmp_path / "d", skip_bad_images=True)
 
 

@@ -226,11 +226,11 @@ def test_an_occupied_out_folder_is_refused_unless_overwriting(tmp_path):
 def test_bad_images_stop_sharding_or_are_skipped_and_counted(tmp_path):
     root = write_numbered_folder(tmp_path / "numbered", 12)
     (root / "c0" / "junk.png").write_bytes(b"junk")
-    with pytest.raises(DataError, match=r"1 unreadable image file\(s\) in .*: junk.png .*--skip-bad-images"):
+    with pytest.raises(DataError, match=r"1 unreadable image file\(s\) in .*: c0/junk.png .*--skip-bad-images"):
         shard_data(root, tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
     index = shard_data(root, tmp_path / "out", skip_bad_images=True, quiet=True)
-    assert index["notes"] == ["skipped 1 unreadable image file(s): junk.png (not a readable image: unknown format "
+    assert index["notes"] == ["skipped 1 unreadable image file(s): c0/junk.png (not a readable image: unknown format "
                               "or damaged header)"]
     assert sum(split["samples"] for split in index["splits"].values()) == 12
 

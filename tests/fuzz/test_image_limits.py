@@ -87,7 +87,7 @@ def bomb_folder(tmp_path):
 
 
 def test_a_folder_data_set_with_a_bomb(bomb_folder):
-    with pytest.raises(DataError, match=r"1 unreadable image file.s. in .*: bomb.png \(over the limit of 1000000"):
+    with pytest.raises(DataError, match=r"1 unreadable image file.s. in .*: dog/bomb.png \(over the limit of 1000000"):
         load_data(str(bomb_folder / "d"), max_image_pixels=1_000_000, quiet=True)
     assert len(load_data(str(bomb_folder / "d"), max_image_pixels=0, val_fraction=0, test_fraction=0,
                          quiet=True).train) == 7

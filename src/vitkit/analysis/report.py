@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm import tqdm
 
 from vitkit.analysis.attention_distance import head_distances, patch_distances
 from vitkit.analysis.filters import filters_for_display, patch_embedding_components
@@ -17,6 +16,7 @@ from vitkit.analysis.rollout import rollout_maps, rollout_query
 from vitkit.errors import ConfigError
 from vitkit.evaluate.preprocess import normalize, resize_images
 from vitkit.io import write_json
+from vitkit.progress import Progress
 
 # Attention weights kept per forward pass (all layers and heads, float32) are capped near this
 # size by shrinking the batch: a ViT-L/16 at 384 pixels needs ~0.5 GB per image.
@@ -99,14 +99,15 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     device = next(model.parameters()).device
     tokens = n + cfg.num_patches
     batch_size = max(1, min(batch_size, ATTENTION_BYTES_PER_BATCH // (4 * cfg.depth * cfg.num_heads * tokens**2)))
-    starts = range(0, pixels.shape[0], batch_size)
-    for start in tqdm(starts, desc="attention", unit="batch", disable=None if progress else True, leave=False):
-        x = normalize(pixels[start:start + batch_size], cfg).to(device)
-        out_i = model.forward_intermediates(x, attention=True)
-        attn = [a.cpu() for a in out_i["attention"]]
-        total += torch.stack([head_distances(a, n, distances).sum(dim=0) for a in attn])
-        if sum(len(m) for m in maps) < rollout_images:
-            maps.append(rollout_maps(attn, n, out_i["grid"], cfg.pool))
+    with Progress(pixels.shape[0], "attention", "img", quiet=not progress) as bar:
+        for start in range(0, pixels.shape[0], batch_size):
+            x = normalize(pixels[start:start + batch_size], cfg).to(device)
+            out_i = model.forward_intermediates(x, attention=True)
+            attn = [a.cpu() for a in out_i["attention"]]
+            total += torch.stack([head_distances(a, n, distances).sum(dim=0) for a in attn])
+            if sum(len(m) for m in maps) < rollout_images:
+                maps.append(rollout_maps(attn, n, out_i["grid"], cfg.pool))
+            bar.update(x.shape[0])
     mad = (total / pixels.shape[0]).float()
     h, w = cfg.image_size
     plot_attention_distance(mad, out / "attention_distance.png",

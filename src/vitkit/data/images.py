@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -14,9 +13,9 @@ from typing import BinaryIO, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
 from vitkit.errors import ConfigError, DataError
+from vitkit.progress import Progress, track
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                             ".ppm", ".pgm", ".pbm"})
@@ -25,7 +24,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 _COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"})
-_BAD_NAMES_SHOWN = 5
+_BAD_NAMES_SHOWN = 10
 # EXIF orientations that turn the stored image by 90 degrees (phones store photos this way).
 _EXIF_ORIENTATION_TAG = 0x0112
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
@@ -205,8 +204,19 @@ def most_common_size(sizes: Sequence[Size]) -> Size:
     return max(counts, key=lambda size: (counts[size], size[0] * size[1], size))
 
 
+def relative_bad(bad: dict[Path, str], root: Path) -> dict[Path, str]:
+    """`bad` keyed by the paths under the data folder `root`, in path order (see describe_bad)."""
+    return {path.relative_to(root): reason for path, reason in sorted(bad.items())}
+
+
 def describe_bad(bad: dict[Path, str]) -> str:
-    shown = ", ".join(f"{path.name} ({reason})" for path, reason in list(bad.items())[:_BAD_NAMES_SHOWN])
+    """The bad files with their reasons. A relative path is shown whole (the folder readers key
+    by the path under the data folder, so the class folder shows: `dogs/7.png`), an absolute one
+    by its file name."""
+    def name(path: Path) -> str:
+        return path.name if path.is_absolute() else path.as_posix()
+
+    shown = ", ".join(f"{name(path)} ({reason})" for path, reason in list(bad.items())[:_BAD_NAMES_SHOWN])
     more = len(bad) - _BAD_NAMES_SHOWN
     return shown + (f" and {more} more" if more > 0 else "")
 
@@ -219,14 +229,13 @@ def raise_if_bad(bad: dict[Path, str], where: str, *, skip_hint: bool) -> None:
 
 
 def progress(items: Sequence, description: str, quiet: bool) -> Iterator:
-    """A tqdm bar on stderr, shown only to a person watching a terminal."""
-    return iter(progress_bar(len(items), description, quiet, items))
+    """`items` counted as images (vitkit.progress: a bar on a terminal, a line per phase elsewhere)."""
+    return track(items, description, "img", quiet=quiet)
 
 
-def progress_bar(total: int | None, description: str, quiet: bool, items: Sequence | None = None) -> tqdm:
-    """The same bar counting images (it shows images/s), advanced by `update(n)`."""
-    return tqdm(items, total=total, desc=description, unit="img", file=sys.stderr,
-                disable=quiet or not sys.stderr.isatty(), leave=False)
+def progress_bar(total: int | None, description: str, quiet: bool) -> Progress:
+    """A Progress counting images (it shows images/s), advanced by `update(n)`."""
+    return Progress(total, description, "img", quiet=quiet)
 
 
 def decode_all(paths: Sequence[Path], size: Size, channels: int, quiet: bool

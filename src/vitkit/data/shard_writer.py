@@ -22,18 +22,18 @@ from typing import Iterable
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from vitkit.data import cifar
 from vitkit.data.dataset import carve_splits
 from vitkit.data.folders import find_split_files
 from vitkit.data.images import (BadImage, ImageHeader, Size, describe_bad, most_common_size, pixel_limit,
-                                progress, progress_bar, raise_if_bad, read_header, read_pixels)
+                                progress, progress_bar, raise_if_bad, read_header, read_pixels, relative_bad)
 from vitkit.data.shards import (FORMAT, FORMAT_VERSION, INDEX_NAME, SPLITS, ShardFile, is_shard_folder,
                                 read_whole_shard)
 from vitkit.data.sources import check_split_options, load_data
 from vitkit.errors import ConfigError, DataError
 from vitkit.io import atomic_path, write_json
+from vitkit.progress import Progress
 
 DEFAULT_SHARD_SIZE = 1000
 _SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar$")
@@ -196,6 +196,7 @@ def _folder_items(root: Path, seed: int, fractions: dict[str, float], skip_bad: 
                 headers[path] = header
             except BadImage as err:
                 bad[path] = str(err)
+    bad = relative_bad(bad, root)
     if not skip_bad:
         raise_if_bad(bad, str(root), skip_hint=True)
     if not headers:
@@ -223,7 +224,7 @@ def _array_items(spec: str, seed: int, fractions: dict[str, float], quiet: bool)
     return splits, data.class_names, data.channels, sizes, [], list(data.notes)
 
 
-def _write_split(out: Path, split: str, items: list[_Item], shard_size: int, bar: tqdm) -> list[ShardFile]:
+def _write_split(out: Path, split: str, items: list[_Item], shard_size: int, bar: Progress) -> list[ShardFile]:
     shards = []
     for number, start in enumerate(range(0, len(items), shard_size)):
         chunk = items[start:start + shard_size]
@@ -233,7 +234,8 @@ def _write_split(out: Path, split: str, items: list[_Item], shard_size: int, bar
     return shards
 
 
-def write_shard(path: Path, samples: Iterable[tuple[str, str, bytes, int]], bar: tqdm | None = None) -> ShardFile:
+def write_shard(path: Path, samples: Iterable[tuple[str, str, bytes, int]], bar: Progress | None = None
+                ) -> ShardFile:
     """One tar shard from (key, image extension, image bytes, label) samples, written atomically.
     Members are read-only files of root with time 0, so the same samples give the same bytes."""
     count = 0

@@ -27,7 +27,7 @@ from vitkit.data import cifar
 from vitkit.data.dataset import DataSplits, ImageSet, carve_splits
 from vitkit.data.folders import find_split_files
 from vitkit.data.images import (BadImage, Size, as_size, decode_all, describe_bad, most_common_size,
-                                pixel_limit, progress, raise_if_bad, read_header, read_pixels)
+                                pixel_limit, progress, raise_if_bad, read_header, read_pixels, relative_bad)
 from vitkit.data.shards import is_shard_folder, read_shards
 from vitkit.errors import ConfigError, DataError
 from vitkit.npz import read_arrays
@@ -217,18 +217,18 @@ def _read_folder(root: Path, size: Size | None, channels: int | None, skip_bad: 
                 headers[path] = read_header(path)
             except BadImage as err:
                 bad[path] = str(err)
-        if not skip_bad:
-            raise_if_bad(bad, str(root), skip_hint=True)
         readable = [i for i, path in enumerate(paths) if path in headers]
         if not readable:
             raise DataError(f"none of the {len(paths)} image files under {root} can be read: "
-                            f"{describe_bad(bad)}")
+                            f"{describe_bad(relative_bad(bad, root))}")
         common = size or most_common_size([headers[paths[i]].size for i in readable])
         channels = channels or (1 if all(headers[paths[i]].grey for i in readable) else 3)
+        # Every file is decoded before any is reported: one error names the unknown formats and
+        # the truncated files together, each under its class folder.
         images, decoded, late_bad = decode_all([paths[i] for i in readable], common, channels, quiet)
+    bad = relative_bad({**bad, **late_bad}, root)
     if not skip_bad:
-        raise_if_bad(late_bad, str(root), skip_hint=True)
-    bad.update(late_bad)
+        raise_if_bad(bad, str(root), skip_hint=True)
     kept = np.asarray(readable)[decoded]
     notes = _folder_notes(bad, [headers[paths[i]].size for i in kept], common, size is None)
     labels_kept, splits_kept = torch.tensor(labels)[kept], np.asarray(splits)[kept]

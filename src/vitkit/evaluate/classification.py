@@ -9,22 +9,25 @@ import torch
 from vitkit.device import autocast
 from vitkit.evaluate.preprocess import prepare_images
 from vitkit.models.vit import VisionTransformer
+from vitkit.progress import Progress
 
 
 @torch.no_grad()
 def predict_logits(model: VisionTransformer, images: torch.Tensor, batch_size: int = 512,
-                   precision: str = "fp32") -> torch.Tensor:
+                   precision: str = "fp32", progress: bool = False) -> torch.Tensor:
     """Logits (N, K) in float32 for uint8 images (N, C, H, W); other sizes and channel counts
-    are adapted to the model's input."""
+    are adapted to the model's input. `progress` shows a bar (vitkit.progress) for long sets."""
     was_training = model.training
     model.eval()
     ref = next(model.parameters())
     cfg = model.config
     out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = prepare_images(images[start:start + batch_size].to(ref.device, non_blocking=True), cfg)
-        with autocast(ref.device, precision):
-            out.append(model(x).float())
+    with Progress(images.shape[0], "evaluating", "img", quiet=not progress) as bar:
+        for start in range(0, images.shape[0], batch_size):
+            x = prepare_images(images[start:start + batch_size].to(ref.device, non_blocking=True), cfg)
+            with autocast(ref.device, precision):
+                out.append(model(x).float())
+            bar.update(x.shape[0])
     model.train(was_training)
     if not out:
         return torch.empty(0, cfg.num_classes)

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from vitkit.evaluate.preprocess import prepare_images
 from vitkit.io import atomic_path
+from vitkit.progress import Progress
 
 # Bumped whenever what is stored changes meaning (e.g. the preprocessing).
 FEATURE_VERSION = "pre_logits-1"
@@ -39,10 +39,11 @@ def extract_features(model: torch.nn.Module, images: torch.Tensor, batch_size: i
     device = next(model.parameters()).device
     chunks = []
     try:
-        starts = range(0, len(images), batch_size)
-        for start in tqdm(starts, desc="features", unit="batch", disable=None if progress else True, leave=False):
-            x = prepare_images(images[start:start + batch_size], model.config).to(device)
-            chunks.append(model.forward_intermediates(x)["pre_logits"].float().cpu())
+        with Progress(len(images), "extracting features", "img", quiet=not progress) as bar:
+            for start in range(0, len(images), batch_size):
+                x = prepare_images(images[start:start + batch_size], model.config).to(device)
+                chunks.append(model.forward_intermediates(x)["pre_logits"].float().cpu())
+                bar.update(x.shape[0])
     finally:
         model.train(was_training)
     if not chunks:
