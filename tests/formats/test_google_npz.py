@@ -1,6 +1,8 @@
 """Google .npz checkpoints (original vit_jax and big_vision layouts) load with the Flax
 model's own numerics: logits match an independent float64 reference within 1e-5."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -40,9 +42,15 @@ def test_original_layout_matches_flax_reference(tmp_path, images, pool, rep):
     assert cfg.act == "gelu_tanh" and cfg.norm_eps == 1e-6 and cfg.image_size == (32, 32)
 
 
-def test_original_hybrid_resnet_stem_matches_flax_reference(tmp_path, images):
+@pytest.mark.parametrize("old_flax", [False, True])
+def test_original_hybrid_resnet_stem_matches_flax_reference(tmp_path, images, old_flax):
     params = make_params("original", hybrid=(1, 2), patch=1, grid=(4, 4), seed=1)
-    model = check(tmp_path, images, params, "original")
+    # The released hybrid files were written by flax before 0.3.6, which kept GroupNorm scale
+    # and bias as (1, 1, 1, C); later files hold (C,).
+    group_norm = re.compile(r"(.*/)?gn\w*/(scale|bias)")
+    saved = {k: v.reshape(1, 1, 1, -1) if group_norm.fullmatch(k) else v for k, v in params.items()}
+    assert sum(v.shape[:3] == (1, 1, 1) for v in saved.values()) == 24  # root + 2 units of 4, 1 of 3
+    model = check(tmp_path, images, params, "original", saved=saved if old_flax else None)
     assert model.config.stem == "resnet" and model.config.resnet_layers == (1, 2)
     assert model.config.resnet_width == 32
 

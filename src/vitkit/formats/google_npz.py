@@ -134,6 +134,17 @@ def unstack_blocks(arrays: dict[str, np.ndarray], source: str = "the checkpoint"
     return out
 
 
+# The hybrid stem's GroupNorm parameters: gn_root/ and block{s}/unit{u}/gn{1,2,3,_proj}/.
+_GROUP_NORM = re.compile(r"(?:.*/)?gn\w*/(?:scale|bias)")
+
+
+def squeeze_group_norms(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Flax before 0.3.6 stored GroupNorm scale and bias as (1, 1, 1, C), and the released hybrid
+    files (R50+ViT-B/16, ...) were written then; later files hold (C,). Both become (C,)."""
+    return {k: v.reshape(-1) if _GROUP_NORM.fullmatch(k) and v.ndim == 4 and v.shape[:3] == (1, 1, 1) else v
+            for k, v in arrays.items()}
+
+
 def detect_layout(names, source: str = "the checkpoint") -> str:
     if any("/MultiHeadDotProductAttention_1/" in k for k in names):
         return "original"
@@ -210,7 +221,7 @@ def read(path: Path, strict: bool = True, **hints) -> tuple[ModelConfig, dict[st
     if odd:
         raise CheckpointError(f"{path}: {', '.join(odd[:4])} {'is' if len(odd) == 1 else 'are'} not real "
                               "numbers; a checkpoint's arrays hold weights")
-    arrays = unstack_blocks(arrays, str(path))
+    arrays = squeeze_group_norms(unstack_blocks(arrays, str(path)))
     if not looks_like_google(arrays):
         raise CheckpointError(f"{path} is an .npz but not a ViT checkpoint in Google's layout "
                               "(no embedding/kernel and Transformer/...)")
