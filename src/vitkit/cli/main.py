@@ -16,6 +16,7 @@ import os
 import sys
 
 from vitkit.allocator import keep_freed_memory
+from vitkit.cli.options import CommandParser
 from vitkit.errors import StoppedBySignal, VitkitError
 
 COMMANDS = ["train", "eval", "predict", "models", "convert", "fewshot", "probe", "analyze",
@@ -31,8 +32,7 @@ def common_flags() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vitkit", description="Vision Transformers: train, evaluate, analyse, convert.")
+    parser = CommandParser(prog="vitkit", description="Vision Transformers: train, evaluate, analyse, convert.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parent = common_flags()
