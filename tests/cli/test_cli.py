@@ -113,6 +113,18 @@ def test_predict_names_classes_of_image_files(trained, tmp_path):
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
 
 
+def test_predict_with_the_image_and_the_checkpoint_swapped_says_which_comes_first(tmp_path):
+    model = vitkit.create_model("custom", image_size=8, patch_size=4, in_chans=1, num_classes=3, width=16,
+                                depth=1, num_heads=2, mlp_dim=32)
+    checkpoint = vitkit.save(model, tmp_path / "model.safetensors")
+    image = tmp_path / "digit.png"
+    Image.new("L", (8, 8), 90).save(image)
+    assert_clean_error(vitkit_cli("predict", image, checkpoint),
+                       f"vitkit predict: error: {image} is a PNG image, not a checkpoint: the checkpoint comes "
+                       "first, then the images (vitkit predict CHECKPOINT IMAGE [IMAGE ...])")
+    assert vitkit_cli("predict", checkpoint, image).returncode == 0
+
+
 def test_resume_of_a_finished_run_reports_the_same_result(trained):
     out, summary = trained
     result = vitkit_cli("train", "--out", out, "--resume", "--json", "--quiet")

@@ -134,3 +134,26 @@ def test_native_round_trip_and_overrides(tmp_path):
     assert again.config.num_classes == 7 and again.head.weight.shape == (7, 32)
     with pytest.raises(CheckpointError, match="unknown model option"):
         vitkit.load(tmp_path / "m.safetensors", no_such_option=1)
+
+
+@pytest.mark.parametrize("suffix, kind", [(".png", "PNG"), (".jpg", "JPEG"), (".gif", "GIF"), (".bmp", "BMP"),
+                                          (".tiff", "TIFF"), (".webp", "WebP"), (".ppm", "PNM")])
+def test_an_image_where_a_checkpoint_belongs_is_named_for_what_it_is(tmp_path, suffix, kind):
+    from PIL import Image
+
+    Image.new("RGB", (9, 7), (200, 30, 30)).save(tmp_path / f"photo{suffix}")
+    for name in (f"photo{suffix}", "photo.pth"):  # by its bytes, whatever its name says
+        if name != f"photo{suffix}":
+            (tmp_path / name).write_bytes((tmp_path / f"photo{suffix}").read_bytes())
+        with pytest.raises(CheckpointError) as err:
+            vitkit.load(tmp_path / name)
+        assert str(err.value) == (f"{tmp_path / name} is a {kind} image, not a checkpoint (.safetensors, .npz, "
+                                  ".pth or a Hugging Face folder); was it given where the checkpoint goes?")
+
+
+def test_two_letters_of_a_bitmap_alone_do_not_make_an_image(tmp_path):
+    # "BM" then a size that is not the file's: not a BMP, so the torch reader says what it finds.
+    (tmp_path / "odd.pth").write_bytes(b"BM" + b"\x00" * 30)
+    with pytest.raises(CheckpointError) as err:
+        vitkit.load(tmp_path / "odd.pth")
+    assert "image" not in str(err.value) and "truncated or not a checkpoint" in str(err.value)

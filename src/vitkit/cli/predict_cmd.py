@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from vitkit.cli.main import print_json
@@ -9,7 +11,8 @@ from vitkit.device import pick_device
 from vitkit.cli.options import add_image_limit_flag
 from vitkit.data import read_images
 from vitkit.evaluate.preprocess import prepare_images
-from vitkit.formats import load
+from vitkit.errors import CheckpointError
+from vitkit.formats import image_format, load
 
 
 def register(sub, parent) -> None:
@@ -26,7 +29,14 @@ def register(sub, parent) -> None:
 
 def run(args) -> int:
     device = pick_device(args.device)
-    model = load(args.checkpoint).to(device)
+    try:
+        model = load(args.checkpoint).to(device)
+    except CheckpointError:
+        kind = image_format(Path(args.checkpoint))
+        if kind is None:
+            raise
+        raise CheckpointError(f"{args.checkpoint} is a {kind} image, not a checkpoint: the checkpoint comes first, "
+                              "then the images (vitkit predict CHECKPOINT IMAGE [IMAGE ...])") from None
     cfg = model.config
     images = read_images(args.images, cfg.image_size, cfg.in_chans, max_image_pixels=args.max_image_pixels)
     with torch.no_grad():

@@ -103,6 +103,36 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
+# Leading bytes of the image formats vitkit reads: a file a user gives where a checkpoint
+# belongs (arguments swapped) is named for what it is. Each is checked only once every
+# checkpoint format has refused the file, so no checkpoint is ever taken for an image.
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+                (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def image_format(path: Path) -> str | None:
+    """The image format of the file at `path` by its magic bytes ("PNG", "JPEG", ...), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:2] == b"BM" and len(head) >= 6 and struct.unpack("<I", head[2:6])[0] == os.path.getsize(path):
+        return "BMP"  # two letters alone say too little: a BMP header also declares the file's size
+    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
+        return "PNM"
+    return next((name for magic, name in _IMAGE_MAGIC if head.startswith(magic)), None)
+
+
+def _refuse_image(path: Path) -> None:
+    kind = image_format(path)
+    if kind is not None:
+        raise CheckpointError(f"{path} is a {kind} image, not a checkpoint (.safetensors, .npz, .pth or a "
+                              "Hugging Face folder); was it given where the checkpoint goes?")
+
+
 def _is_npz(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -170,6 +200,7 @@ def _read_any(path: Path, strict: bool, hints: dict) -> tuple[ModelConfig, dict[
         return _read_state_dict(read_tensors(path), path, strict, hints)
     if _is_npz(path):
         return google_npz.read(path, strict=strict, **hints)
+    _refuse_image(path)
     if path.suffix in (".npz", ".safetensors"):
         raise CheckpointError(f"cannot read {path}: not a valid {path.suffix} file (truncated?)")
     return _read_state_dict(read_torch_file(path), path, strict, hints)
