@@ -54,6 +54,11 @@ class CheckpointError(VitkitError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+class DownloadError(VitkitError):
+    """Weights could not be fetched from the Hub or a URL (no network, no such repo or file, a
+    server error, a corrupt download, offline with an empty cache); nothing partial is kept."""
+
+
 class SaveError(VitkitError):
     """A file of a run could not be written (disk full, no permission); what was saved before
     is intact."""
