@@ -292,7 +292,7 @@ def test_requests_that_pile_up_share_a_forward_and_get_their_own_answers():
         release.set()
         for t in threads:
             t.join(60)
-    assert explorer.batcher.batch_sizes == [1] * len(images) + [1, len(images) - 1]
+    assert list(explorer.batcher.batch_sizes) == [1] * len(images) + [1, len(images) - 1]
     for mine, reference in zip(answers, alone):
         assert [p["label"] for p in mine["predictions"]] == [p["label"] for p in reference["predictions"]]
         assert [p["probability"] for p in mine["predictions"]] == pytest.approx(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from concurrent.futures import Future
 from typing import Callable, Generic, Sequence, TypeVar
 
@@ -15,13 +16,15 @@ import torch
 
 Result = TypeVar("Result")
 _STOP = object()
+BATCHES_KEPT = 10_000
 
 
 class ForwardBatcher(Generic[Result]):
     """`submit(x)` blocks until `run_batch(stack of the pending xs)` has given x's result.
 
     `run_batch` maps a (B, ...) batch to B results, one per input in order; an exception it
-    raises goes to every request of that batch. `batch_sizes` lists the batches run so far.
+    raises goes to every request of that batch. `batch_sizes` holds the sizes of the last
+    BATCHES_KEPT batches run, oldest first.
     """
 
     def __init__(self, run_batch: Callable[[torch.Tensor], Sequence[Result]], max_batch: int = 8):
@@ -29,7 +32,7 @@ class ForwardBatcher(Generic[Result]):
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._run_batch = run_batch
         self.max_batch = max_batch
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=BATCHES_KEPT)
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._closing = threading.Lock()  # nothing is queued behind the stop mark
@@ -50,7 +53,7 @@ class ForwardBatcher(Generic[Result]):
         return future.result()
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Stop after the forward in progress; requests still waiting get an error."""
+        """Refuse new requests; those already queued are answered first."""
         with self._closing:
             if self._closed:
                 return
@@ -77,7 +80,6 @@ class ForwardBatcher(Generic[Result]):
             self._run(batch)
             if stopping:
                 break
-        self._fail_waiting()
 
     def _run(self, batch: list) -> None:
         futures = [future for _, future in batch]
@@ -90,12 +92,3 @@ class ForwardBatcher(Generic[Result]):
             return
         for future, result in zip(futures, results):
             future.set_result(result)
-
-    def _fail_waiting(self) -> None:
-        while True:
-            try:
-                item = self._pending.get_nowait()
-            except queue.Empty:
-                return
-            if item is not _STOP:
-                item[1].set_exception(RuntimeError("the server is stopping"))
