@@ -18,9 +18,13 @@ import faulthandler
 import re
 import resource
 import signal
+import subprocess
+import sys
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -96,6 +100,45 @@ def reads_or_refuses(call, *, names: str | Path | None = None):
             name = Path(names).name
             assert name in message, f"the error does not name {name}: {message}"
         return err
+
+
+# ----------------------------------------------------------------------------- in a capped process
+
+# What a reader of a small hostile file may take on top of a fresh interpreter that has imported
+# torch and vitkit (about 0.7 GiB of address space with torch 2.13 on Linux, measured by the
+# prelude itself): the regressions these guard against asked for 0.8 to 6 GiB.
+ADDRESS_HEADROOM = 1 << 30
+
+_CAPPED_PRELUDE = """
+import re, resource, sys
+import torch
+import vitkit.data, vitkit.formats
+from vitkit.errors import VitkitError
+torch.ones(64, 64) @ torch.ones(64, 64)  # thread pools set themselves up before the cap
+in_use = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (in_use + HEADROOM, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+{body}
+except VitkitError as err:
+    print("REFUSED:", err)
+"""
+
+
+def refusal_under_address_cap(code: str, headroom: int = ADDRESS_HEADROOM, timeout: float = 300) -> str | None:
+    """Run `code` (Python statements) in a fresh interpreter whose address space (RLIMIT_AS) is
+    capped at what torch and vitkit take plus `headroom`: the message of the VitkitError it
+    raised, or None if it finished without one. Anything else fails the test with the process's
+    output: a reader that believes a size a file declares dies of MemoryError within the cap,
+    fast, instead of swapping the machine. RLIMIT_AS covers every mapping (unlike RLIMIT_DATA,
+    which misses memory numpy or Pillow map directly), so nothing escapes it."""
+    if not (hasattr(resource, "RLIMIT_AS") and Path("/proc/self/status").exists()):
+        pytest.skip("needs RLIMIT_AS and /proc (Linux)")
+    body = textwrap.indent(textwrap.dedent(code), "    ")
+    script = _CAPPED_PRELUDE.replace("HEADROOM", str(headroom)).format(body=body)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"exit {done.returncode} under the memory cap:\n{done.stdout}{done.stderr[-3000:]}"
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REFUSED: ")]
+    return lines[-1][len("REFUSED: "):] if lines else None
 
 
 # ----------------------------------------------------------------------------- damage

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from vitkit.data import load_data
 from vitkit.errors import DataError
 
-from .harness import damaged, pickles_declaring_sizes, reads_or_refuses
+from .harness import damaged, pickles_declaring_sizes, reads_or_refuses, refusal_under_address_cap
 from .test_npz_data_fuzz import DTYPES, assert_sane_splits
 from .valid_files import CIFAR_LABEL_NAMES, cifar_batch, scratch, write_cifar10
 
@@ -124,3 +124,59 @@ def test_regression_memo_index_declaring_a_huge_table():
     data = b"\x80\x02N" + b"r" + (2**31 - 1).to_bytes(4, "little") + b"."
     result = load_with("data_batch_1", data)
     assert isinstance(result, DataError) and "memo index" in str(result)
+
+
+class SharedBytesArray:
+    """Pickles as numpy does an array, `_reconstruct` then `__setstate__` with the raw bytes, but
+    every instance hands over the same bytes object, which the pickler memoises: written once,
+    read back for each array."""
+
+    def __init__(self, raw: bytes, dtype: str):
+        self.raw, self.dtype = raw, dtype
+
+    def __reduce__(self):
+        return (_reconstruct, (np.ndarray, (0,), b"b"),
+                (1, (len(self.raw) // 4,), np.dtype(self.dtype), False, self.raw))
+
+
+class SharedTextBytes:
+    """Pickles as Python 3 writes bytes under protocol 2, `_codecs.encode(text, "latin1")`, every
+    instance with the same (memoised) text: one string in the file, new bytes for each call."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __reduce__(self):
+        return __import__("codecs").encode, (self.text, "latin1")
+
+
+@pytest.mark.parametrize("kind", ["big-endian arrays", "native arrays", "latin-1 bytes"])
+def test_regression_one_memoised_byte_string_read_back_for_thousands_of_values(tmp_path, kind):
+    # A 1 MB byte string memoised once and reused for 2000 arrays: numpy copies it into each
+    # big-endian array (to native order), so a 1.3 MB data_batch_1 took 2 GB (the issue's 269 KB
+    # file 803 MB, a 2 MB one 6 GB); _codecs.encode makes new bytes of one memoised text at each
+    # call. The unpickler's budget is twice the file's size in total, not per value; native
+    # arrays, which numpy could build on the shared bytes, are held to it as well.
+    raw = bytes(1 << 20)
+    text = raw.decode("latin1")
+    make = {"big-endian arrays": lambda: SharedBytesArray(raw, ">u4"),
+            "native arrays": lambda: SharedBytesArray(raw, "<u4"),
+            "latin-1 bytes": lambda: SharedTextBytes(text)}[kind]
+    batch = pickle.loads(cifar_batch(seed=1))
+    batch[b"filenames"] = [make() for _ in range(2000)]
+    data = pickle.dumps(batch, protocol=2)
+    assert len(data) < 1.5 * len(raw)  # for 2000 values of a megabyte each
+    root = write_cifar10(tmp_path / "cifar-10-batches-py", {"data_batch_1": data})
+    refusal = refusal_under_address_cap(f"vitkit.data.load_data({str(root)!r}, quiet=True)")
+    assert refusal is not None and "data_batch_1" in refusal and "in a" in refusal and "-byte file" in refusal
+
+
+def test_a_genuine_batch_of_arrays_is_read_within_its_budget(tmp_path):
+    # The budget counts each array's bytes once; numpy's own pickles of several arrays (of every
+    # byte order) stay within the file.
+    batch = pickle.loads(cifar_batch(seed=1))
+    batch[b"extra"] = [np.arange(300, dtype=">u4"), np.arange(300, dtype="<f8"), np.ones((3, 4), dtype=">i2")]
+    for protocol in (2, 4, 5):
+        root = write_cifar10(tmp_path / f"p{protocol}", {"data_batch_1": pickle.dumps(batch, protocol=protocol)})
+        splits = load_data(str(root), val_fraction=0, test_fraction=0, quiet=True)
+        assert len(splits.train) == 20 and splits.train.images.shape[1:] == (3, 32, 32)

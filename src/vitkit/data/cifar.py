@@ -26,14 +26,22 @@ class _RefusedGlobal(pickle.UnpicklingError):
     """The pickle names a global outside the allowed numpy names, or calls one out of bounds."""
 
 
-class _ArraysOnlyUnpickler(pickle.Unpickler):
+class _ArraysOnlyUnpickler(pickle._Unpickler):
     """Builds dicts, lists, bytes, str, numbers and numpy arrays; refuses every other global.
-    An array may not be larger than the file it comes from (`budget`, in bytes): a pickle that
-    asks for a bigger one is asking for memory, not handing over data."""
+
+    Everything it builds that can be bigger than the opcodes naming it (arrays, and bytes made
+    from text) counts against one budget of twice the file's size. A genuine batch spends each
+    array's bytes at most twice (under protocol 2 once for the bytes `_codecs.encode` makes of
+    the stored text, once for the array built on them), but a pickle can memoise one byte string
+    and hand it to thousands of arrays, each a copy: a 1 MB file asking for gigabytes. Python's
+    own unpickler, not the C one, because an array's `__setstate__` (the BUILD opcode) is where
+    those copies are made, and only the Python one lets a subclass see it."""
 
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data), encoding="bytes")
-        self.budget = len(data)
+        self.file_bytes = len(data)
+        self.budget = 2 * len(data)
+        self.spent = 0
         try:
             from numpy._core import multiarray, numeric  # numpy >= 2
         except ImportError:
@@ -42,11 +50,9 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
                          ("_codecs", "encode"): self._latin1}
         # Files written under numpy 1 say numpy.core, under numpy 2 numpy._core.
         for package in ("numpy.core", "numpy._core"):
-            allowed_reconstruct = self._reconstruct(multiarray._reconstruct)
-            self._allowed[(f"{package}.multiarray", "_reconstruct")] = allowed_reconstruct
-            # Pickle protocol 5 stores arrays as a buffer handed to _frombuffer; the buffer is
-            # part of the file, so the array is no larger than it.
-            self._allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+            self._allowed[(f"{package}.multiarray", "_reconstruct")] = self._reconstruct(multiarray._reconstruct)
+            # Pickle protocol 5 stores arrays as a buffer handed to _frombuffer.
+            self._allowed[(f"{package}.numeric", "_frombuffer")] = self._frombuffer(numeric._frombuffer)
 
     def find_class(self, module: str, name: str):
         try:
@@ -54,32 +60,57 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         except KeyError:
             raise _RefusedGlobal(f"refused global {module}.{name}") from None
 
-    def _check_size(self, shape, dtype) -> None:
+    def _spend(self, nbytes: int) -> None:
+        self.spent += nbytes
+        if self.spent > self.budget:
+            raise _RefusedGlobal(f"arrays and bytes of {self.spent:,} bytes in a {self.file_bytes:,}-byte file, "
+                                 "more than twice its size")
+
+    def _spend_array(self, shape, dtype) -> None:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if not all(isinstance(n, int) and n >= 0 for n in shape):
             raise _RefusedGlobal(f"an array of shape {shape}")
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        if nbytes > self.budget:
-            raise _RefusedGlobal(f"an array of {nbytes:,} bytes in a {self.budget:,}-byte file")
+        dtype = np.dtype(dtype)
+        if dtype.hasobject:
+            raise _RefusedGlobal("an array of Python objects")
+        self._spend(math.prod(shape) * dtype.itemsize)
 
     def _ndarray(self, shape, dtype=float, *args, **kwargs) -> np.ndarray:
-        self._check_size(shape, dtype)
+        self._spend_array(shape, dtype)
         return np.ndarray(shape, dtype, *args, **kwargs)
 
     def _reconstruct(self, reconstruct):
         def checked(subtype, shape, dtype):
             if subtype != self._ndarray:
                 raise _RefusedGlobal("an array of another type than numpy.ndarray")
-            self._check_size(shape, dtype)
+            self._spend_array(shape, dtype)
             return reconstruct(np.ndarray, shape, dtype)
         return checked
 
-    @staticmethod
-    def _latin1(text, encoding="utf-8", errors="strict"):
+    def _frombuffer(self, frombuffer):
+        def checked(buffer, dtype, shape, order):
+            self._spend_array(shape, dtype)
+            return frombuffer(buffer, dtype, shape, order)
+        return checked
+
+    def load_build(self) -> None:
+        # An array's state is (version,) shape, dtype, is_fortran, raw data: numpy checks that the
+        # data fits the shape, then keeps or copies it.
+        state, instance = self.stack[-1], self.stack[-2]
+        if isinstance(instance, np.ndarray):
+            if not (isinstance(state, tuple) and len(state) in (4, 5) and isinstance(state[-3], np.dtype)):
+                raise _RefusedGlobal("an array state numpy does not write")
+            self._spend_array(state[-4], state[-3])
+        super().load_build()
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
+
+    def _latin1(self, text, encoding="utf-8", errors="strict"):
         # Python 3 writes bytes as _codecs.encode(text, "latin1") under protocols 0-2; no other
         # codec is needed, and some (punycode, idna) take quadratic time on long input.
         if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
             raise _RefusedGlobal(f"codec {encoding!r}")
+        self._spend(len(text))
         return codecs.encode(text, "latin1", errors)
 
 
