@@ -63,7 +63,7 @@ def test_onnx_has_a_dynamic_batch(google_npz, tmp_path):
     model = vitkit.load(src)
     x = torch.rand(5, 3, 32, 32) * 2 - 1
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    out = session.run(None, {"pixels": x.numpy()})[0]
+    out = session.run(None, {"normalized_pixels": x.numpy()})[0]
     with torch.no_grad():
         assert rel_diff(out, model(x)) <= TOL
 
