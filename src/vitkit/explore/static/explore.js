@@ -65,6 +65,7 @@
     drawPosembSimilarity(model);
     drawFilters(model);
     drawDistances();
+    listHeads(model);
     wireEvents();
     if (model.samples) await run('Running the model', () => showSample(0));
   }
@@ -286,7 +287,7 @@
     if (token >= state.model.prefix_tokens.length) markPatch(ctx, token - state.model.prefix_tokens.length);
     const which = head === 'mean' ? 'mean over heads' : `head ${Number(head) + 1}`;
     const share = state.model.prefix_tokens.length
-      ? `; ${(100 * prefixShare).toFixed(1)}% of it goes to ${state.model.prefix_tokens.join(' and ')}` : '';
+      ? `; ${(100 * prefixShare).toFixed(1)}% of it goes to the ${state.model.prefix_tokens.join(' and the ')}` : '';
     $('view-caption').textContent =
       `Where ${tokenName(token)} attends in layer ${layer + 1}, ${which}${share}. Scaled to its maximum.`;
   }
@@ -414,6 +415,18 @@
       ctx.arc(px(layer + 1), py(d), 3.5, 0, 2 * Math.PI);
       ctx.fill();
     }));
+  }
+
+  function listHeads(m) {
+    const legend = $('distance-legend');
+    for (let h = 0; h < m.num_heads; h += 1) {
+      const item = document.createElement('span');
+      const dot = document.createElement('span');
+      dot.className = 'dot';
+      dot.style.background = HEAD_COLOURS[h % HEAD_COLOURS.length];
+      item.append(dot, `head ${h + 1}`);
+      legend.append(item);
+    }
   }
 
   function distancesShown() {
