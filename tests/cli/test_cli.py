@@ -67,7 +67,14 @@ def test_models_lists_presets_with_parameters_and_flops():
     rows = {r["name"]: r for r in json.loads(result.stdout)["models"]}
     assert rows["vit_b16"]["params"] == 86_567_656
     assert rows["vit_b16"]["gflops"] == pytest.approx(35.13, abs=0.01)
+    # The GMACs the usual tables quote (17.6 for B/16), one per multiply-add: half the FLOPs.
+    assert rows["vit_b16"]["gmacs"] == pytest.approx(17.56, abs=0.01)
+    assert all(r["gmacs"] * 2 == pytest.approx(r["gflops"]) for r in rows.values())
     assert "vit_r50_b16" in rows
+    text = vitkit_cli("models").stdout.splitlines()
+    assert text[0].split()[:8] == ["model", "layers", "width", "heads", "params", "GFLOPs", "GMACs", "(image"]
+    assert next(line for line in text if line.startswith("vit_b16 ")).split()[-2:] == ["35.13", "17.56"]
+    assert text[-1].startswith("GFLOPs count a multiply-add as two FLOPs; GMACs count it once")
 
 
 def test_train_writes_a_run_and_eval_reproduces_its_test_accuracy(trained):

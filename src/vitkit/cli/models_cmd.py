@@ -1,4 +1,4 @@
-"""`vitkit models`: the presets with parameter counts and forward GFLOPs."""
+"""`vitkit models`: the presets with parameter counts and the compute of one forward pass."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from vitkit.models.presets import preset_config
 
 def register(sub, parent) -> None:
     p = sub.add_parser("models", parents=[parent], help="list model presets",
-                       description="List the model presets with parameters and GFLOPs "
-                                   "(2 FLOPs per multiply-add, one image).")
+                       description="List the model presets with parameters, GFLOPs (a multiply-add "
+                                   "counted as two FLOPs) and GMACs (multiply-adds, as most papers' "
+                                   "tables count), for one image.")
     p.add_argument("--image-size", type=int, default=224, help="input side in pixels (default 224)")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the head (default 1000)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -25,14 +26,18 @@ def run(args) -> int:
         cfg = preset_config(name, image_size=args.image_size, num_classes=args.num_classes)
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
             model = create_model(name, image_size=args.image_size, num_classes=args.num_classes)
-        rows.append(dict(name=name, params=count_parameters(model), gflops=forward_flops(cfg) / 1e9,
+        flops = forward_flops(cfg)
+        rows.append(dict(name=name, params=count_parameters(model), gflops=flops / 1e9, gmacs=flops / 2e9,
                          depth=cfg.depth, width=cfg.width, heads=cfg.num_heads, patch=cfg.patch_size,
                          stem=cfg.stem))
     if args.json:
         print_json({"image_size": args.image_size, "num_classes": args.num_classes, "models": rows})
         return 0
-    print(f"{'model':<13}{'layers':>7}{'width':>7}{'heads':>6}{'params':>14}{'GFLOPs':>9}   "
+    print(f"{'model':<13}{'layers':>7}{'width':>7}{'heads':>6}{'params':>14}{'GFLOPs':>9}{'GMACs':>8}   "
           f"(image {args.image_size}, {args.num_classes} classes)")
     for r in rows:
-        print(f"{r['name']:<13}{r['depth']:>7}{r['width']:>7}{r['heads']:>6}{r['params']:>14,}{r['gflops']:>9.2f}")
+        print(f"{r['name']:<13}{r['depth']:>7}{r['width']:>7}{r['heads']:>6}{r['params']:>14,}{r['gflops']:>9.2f}"
+              f"{r['gmacs']:>8.2f}")
+    print("GFLOPs count a multiply-add as two FLOPs; GMACs count it once, as most published tables do "
+          "(ViT-B/16 at 224: 17.6 GMACs, 35.1 GFLOPs).")
     return 0
