@@ -118,5 +118,6 @@ def test_every_variant_gives_maps_over_the_patch_grid(tmp_path, variant):
     assert torch.tensor(result["rollout"]["maps"]).shape == (3, 4, 4)
     assert torch.tensor(result["mean_attention_distance"]).shape == (2, 2)
     assert torch.tensor(result["posemb_similarity"]["similarity"]).shape == (16, 16)
-    expected = "class token's row" if variant.get("pool", "token") == "token" else "mean of the patch tokens' rows"
+    expected = {"token": "class token's row", "gap": "mean of the patch tokens' rows",
+                "map": "patch tokens' rows weighted by the MAP probe's attention"}[variant.get("pool", "token")]
     assert result["rollout"]["query"] == expected

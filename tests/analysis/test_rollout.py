@@ -132,3 +132,22 @@ def test_pooled_patch_weights_come_from_the_map_probe_and_are_uniform_otherwise(
         maps = rollout_maps(out["attention"], 1, (4, 4), "map", weights)
         expected = (weights.double().unsqueeze(1) @ attention_rollout(out["attention"])[:, 1:, 1:])[:, 0]
         assert torch.allclose(maps, expected.reshape(2, 4, 4).float())
+
+
+def test_analyze_weights_a_map_models_rollout_by_its_probe(tmp_path):
+    from vitkit.analysis import analyze
+
+    torch.manual_seed(0)
+    model = vitkit.create_model("custom", **TINY, pool="map").eval()
+    with torch.no_grad():
+        model.map_head.probe.normal_()
+    images = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    result = analyze(model, images, tmp_path)
+    x = (images.float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        out = model.forward_intermediates(x, attention=True)
+    expected = rollout_maps(out["attention"], 0, (4, 4), "map", pooled_patch_weights(model, out))
+    uniform = rollout_maps(out["attention"], 0, (4, 4), "map")
+    assert torch.allclose(torch.tensor(result["rollout"]["maps"]), expected, atol=1e-6)
+    assert not torch.allclose(expected, uniform, atol=1e-4)
+    assert result["rollout"]["query"] == "patch tokens' rows weighted by the MAP probe's attention"

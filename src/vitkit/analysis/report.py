@@ -12,7 +12,7 @@ from vitkit.analysis.attention_distance import head_distances, patch_distances
 from vitkit.analysis.filters import filters_for_display, patch_embedding_components
 from vitkit.analysis.plots import plot_attention_distance, plot_filters, plot_posemb_similarity, plot_rollout
 from vitkit.analysis.posemb_similarity import patch_position_embeddings, position_similarity
-from vitkit.analysis.rollout import rollout_maps, rollout_query
+from vitkit.analysis.rollout import pooled_patch_weights, rollout_maps, rollout_query
 from vitkit.errors import ConfigError
 from vitkit.evaluate.preprocess import normalize, resize_images
 from vitkit.io import write_json
@@ -106,7 +106,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
             attn = [a.cpu() for a in out_i["attention"]]
             total += torch.stack([head_distances(a, n, distances).sum(dim=0) for a in attn])
             if sum(len(m) for m in maps) < rollout_images:
-                maps.append(rollout_maps(attn, n, out_i["grid"], cfg.pool))
+                maps.append(rollout_maps(attn, n, out_i["grid"], cfg.pool, pooled_patch_weights(model, out_i)))
             bar.update(x.shape[0])
     mad = (total / pixels.shape[0]).float()
     h, w = cfg.image_size

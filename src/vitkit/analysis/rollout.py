@@ -92,4 +92,6 @@ def rollout_maps(attentions: list[torch.Tensor], num_prefix: int, grid: tuple[in
 
 def rollout_query(pool: str) -> str:
     """How the map is read off the rollout matrix, in words (for titles and analysis.json)."""
+    if pool == "map":
+        return "patch tokens' rows weighted by the MAP probe's attention"
     return "class token's row" if pool == "token" else "mean of the patch tokens' rows"
