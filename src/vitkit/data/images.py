@@ -100,7 +100,7 @@ def _over_limit() -> BadImage:
                     f"(--max-image-pixels N or {PIXEL_LIMIT_VARIABLE}=N, 0 for none) if the image is genuine")
 
 
-class _ClampedReads:
+class ClampedReads:
     """A file whose read(n) asks for no more than is left of it. Python's read(n) on a file
     allocates n bytes before reading, and Pillow asks for lengths that damaged headers declare
     (a PNG chunk claiming a gigabyte would cost a gigabyte); everything else is the file's own."""
@@ -125,7 +125,7 @@ def _open(path: Path | BinaryIO) -> Iterator[Image.Image]:
             yield image
         return
     try:
-        with open(path, "rb") as f, _image(_ClampedReads(f, os.fstat(f.fileno()).st_size)) as image:
+        with open(path, "rb") as f, _image(ClampedReads(f, os.fstat(f.fileno()).st_size)) as image:
             yield image
     except FileNotFoundError:
         raise BadImage("file not found") from None
@@ -134,7 +134,7 @@ def _open(path: Path | BinaryIO) -> Iterator[Image.Image]:
 
 
 @contextlib.contextmanager
-def _image(stream: BinaryIO | _ClampedReads) -> Iterator[Image.Image]:
+def _image(stream: BinaryIO | ClampedReads) -> Iterator[Image.Image]:
     try:
         image = Image.open(stream)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -25,6 +25,7 @@ opening the shards of) what it skips.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -40,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vitkit.data.dataset import DataSplits, ImageSet
-from vitkit.data.images import (IMAGE_SUFFIXES, BadImage, Size, as_size, pixel_limit, read_pixels,
+from vitkit.data.images import (IMAGE_SUFFIXES, BadImage, ClampedReads, Size, as_size, pixel_limit, read_pixels,
                                 resolve_pixel_limit)
 from vitkit.errors import DataError, VitkitError
 
@@ -217,6 +218,15 @@ class EncodedSample:
     shard: str
 
 
+@contextlib.contextmanager
+def open_shard(path: Path) -> Iterator[tarfile.TarFile]:
+    """A shard as a tar file whose every read asks for no more than is left of the file:
+    tarfile reads the records of a PAX or GNU long-name header in one read of the length the
+    header declares (a 4 kB shard can declare gigabytes)."""
+    with open(path, "rb") as f, tarfile.open(fileobj=ClampedReads(f, os.fstat(f.fileno()).st_size), mode="r:") as tar:
+        yield tar
+
+
 def read_shard(path: Path, first: int, stop: int, wanted: np.ndarray, num_classes: int
                ) -> Iterator[tuple[int, EncodedSample]]:
     """(offset, sample) for the samples first <= offset < stop of one shard whose `wanted[offset -
@@ -224,7 +234,7 @@ def read_shard(path: Path, first: int, stop: int, wanted: np.ndarray, num_classe
     last = first + int(np.flatnonzero(wanted)[-1]) if wanted.any() else first - 1
     offset = -1
     try:
-        with tarfile.open(path, "r:") as tar:
+        with open_shard(path) as tar:
             for offset, key, members in tar_samples(tar):
                 if offset > last:
                     return
@@ -241,7 +251,7 @@ def read_shard(path: Path, first: int, stop: int, wanted: np.ndarray, num_classe
 def read_whole_shard(path: Path, num_classes: int | None = None) -> Iterator[EncodedSample]:
     """Every sample of a shard, in file order, however many there are."""
     try:
-        with tarfile.open(path, "r:") as tar:
+        with open_shard(path) as tar:
             for _, key, members in tar_samples(tar):
                 yield encoded_sample(tar, path, key, members, num_classes)
     except (tarfile.TarError, OSError, EOFError) as err:
@@ -270,14 +280,26 @@ def encoded_sample(tar: tarfile.TarFile, path: Path, key: str, members: dict[str
     if len(images) != 1 or "cls" not in members:
         found = ", ".join(sorted(members))
         raise DataError(f"shard {path}: sample {key} has members {found}; it needs one image and a .cls label")
-    text = tar.extractfile(members["cls"]).read()
+    text = member_bytes(tar, path, members["cls"])
     try:
         label = int(text)
     except ValueError:
         raise DataError(f"shard {path}: sample {key} has label {text[:20]!r}, not a class index") from None
     if label < 0 or (num_classes is not None and label >= num_classes):
         raise DataError(f"shard {path}: sample {key} has label {label} but there are {num_classes} classes")
-    return EncodedSample(key, images[0], tar.extractfile(members[images[0]]).read(), label, path.name)
+    return EncodedSample(key, images[0], member_bytes(tar, path, members[images[0]]), label, path.name)
+
+
+def member_bytes(tar: tarfile.TarFile, path: Path, member: tarfile.TarInfo) -> bytes:
+    """A member's bytes. tarfile reads a sparse member (GNU or PAX sparse headers, as `tar
+    --sparse` writes) with its holes filled in, so a shard of a few kilobytes could hand over
+    gigabytes; shards hold plain files. (A plain member cannot claim more than the shard holds:
+    tarfile stops at the end of the file before it yields the member, and `open_shard`
+    clamps what it reads.)"""
+    if member.issparse():
+        raise DataError(f"shard {path}: member {member.name} is a sparse file ({member.size:,} bytes, mostly holes "
+                        f"reading would fill in); shards hold plain files, {_RESHARD_HINT}")
+    return tar.extractfile(member).read()
 
 
 def decode(sample: EncodedSample, size: Size, channels: int) -> np.ndarray:
