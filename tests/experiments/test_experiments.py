@@ -15,7 +15,8 @@ from vitkit.data import load_data, training_subset
 from vitkit.errors import ConfigError
 from vitkit.experiments import EXPERIMENTS, Settings, aggregate, get_experiment, run_experiment
 from vitkit.experiments import arch, depth, posemb
-from vitkit.experiments.runner import Setup, format_score, pinned_base
+from vitkit.experiments.runner import (Setup, accuracy_limits, default_seeds, format_score, line_plot, noise_verdict,
+                                       pinned_base)
 from vitkit.models import ModelConfig, forward_flops
 from vitkit.train import loop
 
@@ -47,6 +48,51 @@ def test_one_seed_has_no_spread_and_missing_scores_are_left_out():
     assert format_score(aggregate([0.25])) == "25.00"
     assert aggregate([None, 0.2, 0.4])["mean"] == pytest.approx(0.3)
     assert aggregate([None]) == {"mean": None, "spread": None, "n": 0}
+
+
+# ------------------------------------------------------------------ noise
+def row(cell, mean, spread):
+    return {"cell": cell, "stats": {"test_acc": {"mean": mean, "spread": spread, "n": 3 if spread else 1}}}
+
+
+def test_cells_at_most_one_test_image_or_the_seeds_spread_below_the_best_are_within_noise():
+    rows = [row("a", 0.95, 0.004), row("b", 0.942, 0.001), row("c", 0.90, 0.005), row("d", 0.947, None)]
+    # 100 test images: one image is 0.01, more than either spread.
+    verdict = noise_verdict(rows, "test_acc", 100)
+    assert (verdict["best"], verdict["within_noise"], verdict["apart"]) == ("a", ["b", "d"], ["c"])
+    assert verdict["text"] == ("test accuracy: a is highest (95.00 ± 0.40); within noise of it (at most one test "
+                               "image or the seeds' spread apart; one test image is 1.00 points): b, d; further "
+                               "below: c.")
+    # 10,000 test images: one image is 0.0001; b (0.008 below) is now further than a's spread (0.004).
+    verdict = noise_verdict(rows, "test_acc", 10_000)
+    assert (verdict["within_noise"], verdict["apart"]) == (["d"], ["b", "c"])
+
+
+def test_when_every_cell_is_within_noise_the_verdict_says_the_experiment_does_not_separate_them():
+    verdict = noise_verdict([row("x", 354 / 359, None), row("y", 353 / 359, None)], "test_acc", 359)
+    assert verdict["within_noise"] == ["y"] and verdict["text"].endswith(
+        "but every cell is within noise of it (at most one test image or the seeds' spread apart; one test image "
+        "is 0.28 points): on this data the experiment does not separate them.")
+    assert noise_verdict([row("x", None, None)], "test_acc", 359) is None
+
+
+def test_small_data_gets_several_seeds_by_default():
+    assert [default_seeds(n) for n in (40, 1_259, 10_000, 10_001, 50_000)] == [3, 3, 3, 1, 1]
+
+
+def test_the_accuracy_axis_never_zooms_into_noise(tmp_path):
+    # The issue's datasize plot: 92-97.5 % filled the whole height.
+    assert accuracy_limits([92.0, 97.5]) == (78.5, 98.5)
+    assert accuracy_limits([2.0, 5.0]) == (0.0, 20.0)
+    assert accuracy_limits([40.0, 99.5]) == (34.05, 100.0)
+    series = {"test accuracy": [(0.25, {"mean": 0.92, "spread": 0.01}), (1.0, {"mean": 0.975, "spread": None})]}
+    fig = line_plot(series, tmp_path / "d.png", "t", "fraction", num_test=40)
+    ax = fig.axes[0]
+    bottom, top = ax.get_ylim()
+    assert top - bottom >= 20 and bottom <= 91 and top >= 97.5
+    assert len(ax.containers) == 1 and ax.containers[0].has_yerr  # the seeds' spread as error bars
+    assert "one test image = 2.50 points" in ax.texts[0].get_text()
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ------------------------------------------------------------------ the cells
@@ -201,6 +247,35 @@ def test_runs_are_trained_once_aggregated_over_seeds_then_read_or_resumed(tmp_pa
         run_experiment(get_experiment("posemb"), settings)
 
 
+def test_without_seeds_small_data_runs_three_and_the_results_say_what_is_noise(tmp_path, monkeypatch, capsys):
+    # Training replaced by known results: cell depth1 is 2 test images above depth2 on average,
+    # within the seeds' spread; what is checked is the runner's arithmetic and what it says.
+    accuracy = {("depth1", 0): 300, ("depth1", 1): 306, ("depth1", 2): 303,
+                ("depth2", 0): 301, ("depth2", 1): 299, ("depth2", 2): 303}
+    n_test = len(load_data("digits").test)
+
+    def known_result(cfg, resume, quiet):
+        cell, seed = Path(cfg.out).name.rsplit("-seed", 1)
+        return {"test_acc": accuracy[(cell.split("-")[0], int(seed))] / n_test, "val_acc": 0.9, "epochs": cfg.epochs,
+                "params": 1000, "train_seconds": 0.1, "checkpoint": str(Path(cfg.out) / "final.safetensors")}
+
+    monkeypatch.setattr(loop, "train", known_result)
+    settings = Settings(out=str(tmp_path / "exp"), epochs=1, depths=(1, 2), model_options=dict(TINY))
+    result = run_experiment(get_experiment("depth"), settings)
+    assert result["seeds"] == 3 and [len(r["runs"]) for r in result["cells"]] == [3, 3]
+    err = capsys.readouterr().err
+    assert "seeds: 3 per cell (1,259 training images, at most 10,000: small runs vary from seed to seed; " \
+           "--seeds N to choose)" in err
+    verdict = next(v for v in result["noise"] if v["metric"] == "test_acc")
+    spread = math.sqrt(((300 - 303) ** 2 + 3 ** 2) / 2) / n_test  # depth1's sample standard deviation
+    assert result["cells"][0]["stats"]["test_acc"]["spread"] == pytest.approx(spread)
+    assert (verdict["best"], verdict["within_noise"]) == (result["cells"][0]["cell"], [result["cells"][1]["cell"]])
+    assert verdict["text"] in err
+    markdown = (tmp_path / "exp" / "results.md").read_text()
+    assert f"- resolution: one test image is {100 / n_test:.2f} points of test accuracy" in markdown
+    assert "## Which differences are noise\n\n- " + verdict["text"] in markdown
+
+
 def vitkit_cli(*args):
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "vitkit", *map(str, args)], capture_output=True, text=True,
@@ -217,7 +292,7 @@ def test_an_unknown_experiment_name_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_posemb_end_to_end_through_the_cli(tmp_path):
-    result = vitkit_cli("experiment", "posemb", "--out", tmp_path / "pe", "--epochs", "1", "--width", "16",
+    result = vitkit_cli("experiment", "posemb", "--out", tmp_path / "pe", "--epochs", "1", "--seeds", "1", "--width", "16",
                         "--depth", "1", "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "128", "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)

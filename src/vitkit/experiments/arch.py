@@ -71,7 +71,8 @@ def cells(setup: Setup) -> list[Cell]:
 
 
 def report(setup: Setup, rows: list[dict], out: Path) -> dict:
-    bar_plot(rows, ["test_acc", "val_acc"], out / "arch.png", "ViT vs ResNet vs hybrid at matched training compute")
+    bar_plot(rows, ["test_acc", "val_acc"], out / "arch.png", "ViT vs ResNet vs hybrid at matched training compute",
+             num_test=len(setup.data.test))
     n = setup.num_train
     budget = training_flops(model_flops(setup.model, {}), n, setup.settings.epochs)
     compute = {r["cell"]: {"forward_flops": model_flops(setup.model, r["model_options"]), "epochs": r["epochs"],

@@ -21,7 +21,7 @@ def cells(setup: Setup) -> list[Cell]:
     # training length, is what changes between cells.
     return [Cell(name=f"fraction{f:g}",
                  labels={"fraction": f"{f:g}",
-                         "images": len(training_subset(setup.data.train, f, setup.base.split_seed))},
+                         "images": len(training_subset(setup.data.train, f, setup.base.data.split_seed))},
                  changes={"train_fraction": float(f), "epochs": max(1, round(epochs / f))})
             for f in fractions]
 
@@ -30,7 +30,8 @@ def report(setup: Setup, rows: list[dict], out: Path) -> dict:
     series = {"test accuracy": [(float(r["labels"]["fraction"]), r["stats"]["test_acc"]) for r in rows],
               f"{setup.settings.shots}-shot linear": [(float(r["labels"]["fraction"]), r["stats"]["fewshot"])
                                                        for r in rows]}
-    line_plot(series, out / "datasize.png", "Accuracy against training-set size", "fraction of the training split")
+    line_plot(series, out / "datasize.png", "Accuracy against training-set size", "fraction of the training split",
+              num_test=len(setup.data.test))
     return {"plots": ["datasize.png"], "sections": [{"title": "How the fractions are drawn", "lines": [
         "Each fraction is a stratified subset of the training split drawn with the split seed, the same for "
         "every training seed; smaller fractions are subsets of larger ones. Every cell gets the same number "

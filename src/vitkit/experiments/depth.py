@@ -59,7 +59,8 @@ def cells(setup: Setup) -> list[Cell]:
 
 
 def report(setup: Setup, rows: list[dict], out: Path) -> dict:
-    bar_plot(rows, ["test_acc", "val_acc"], out / "depth.png", "Shallow vs deep at a similar parameter count")
+    bar_plot(rows, ["test_acc", "val_acc"], out / "depth.png", "Shallow vs deep at a similar parameter count",
+             num_test=len(setup.data.test))
     target = count_parameters(setup.model)
     note = (f"The base model has {target:,} parameters. Each other depth keeps the head count and the MLP/width "
             "ratio and takes the width (a multiple of the head count and of 4) whose parameter count is closest "

@@ -29,7 +29,7 @@ def report(setup: Setup, rows: list[dict], out: Path) -> dict:
     series = {names[pool]: [(float(r["labels"]["lr"]), r["stats"]["test_acc"]) for r in rows
                             if r["labels"]["pool"] == pool] for pool in POOLS}
     line_plot(series, out / "pooling.png", "Class token vs GAP: test accuracy against learning rate",
-              "peak learning rate")
+              "peak learning rate", num_test=len(setup.data.test))
     best = {}
     lines = ["The best learning rate of each pooling is chosen by mean validation accuracy (never the test "
              "split); its test accuracy is the comparison.", "",

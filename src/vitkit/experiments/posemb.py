@@ -32,7 +32,7 @@ def cells(setup: Setup) -> list[Cell]:
 
 def report(setup: Setup, rows: list[dict], out: Path) -> dict:
     bar_plot(rows, ["fewshot", "test_acc"], out / "posemb.png",
-             f"Position embeddings: {setup.settings.shots}-shot and test accuracy")
+             f"Position embeddings: {setup.settings.shots}-shot and test accuracy", num_test=len(setup.data.test))
     return {"plots": ["posemb.png"], "sections": [{"title": "Reading it", "lines": [
         "The paper's column is ViT-B/16 pre-trained on ImageNet and scored 5-shot on ImageNet: a reference "
         "for the ordering, not a number to match. Its finding is that having a position embedding matters "

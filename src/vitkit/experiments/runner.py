@@ -1,9 +1,15 @@
 """Running an experiment: one training run per (cell, seed) with the normal trainer, skipping
 finished runs and resuming interrupted ones; then mean and spread over seeds, results.md,
-results.json and the plots.
+results.json and the plots, and which differences between cells are within noise.
 
 A cell is one configuration: changes to a shared base config, which is resolved once from the
 full data (as `vitkit train` would) and then pinned, so cells differ only where they say.
+
+Noise: on a small test split one image is a large step (1 of 359 is 0.28 points), and from one
+training seed to the next the same cell moves by a few images. So small data gets several seeds
+by default (`default_seeds`), every score is a mean ± the seeds' spread, the plots draw that
+spread as error bars on axes that do not zoom into it, and `noise_verdict` says which cells are
+within noise of the best: at most one test image apart, or at most their seeds' spread.
 """
 
 from __future__ import annotations
@@ -40,12 +46,24 @@ class Cell:
     reference: float | None = None  # the paper's number for this cell, where it has one
 
 
+# Training splits up to this size get SMALL_DATA_SEEDS seeds unless told otherwise: their runs
+# take minutes, and one run's test accuracy is a few images from the next seed's.
+SMALL_DATA_IMAGES = 10_000
+SMALL_DATA_SEEDS = 3
+
+
+def default_seeds(num_train: int) -> int:
+    """Seeds per cell when the user names none: several on small data, where runs are cheap and
+    noisy, one on large data."""
+    return SMALL_DATA_SEEDS if num_train <= SMALL_DATA_IMAGES else 1
+
+
 @dataclass
 class Settings:
     data: str = "digits"
     out: str = "experiment"
     epochs: int = 10
-    seeds: int = 1
+    seeds: int | None = None  # None: default_seeds(training images)
     shots: int = 5
     fewshot_repeats: int = 5
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +110,39 @@ def format_score(stats: dict[str, Any]) -> str:
     if stats["spread"] is not None:
         text += f" ± {100 * stats['spread']:.2f}"
     return text
+
+
+def noise_verdict(rows: list[dict], key: str, num_test: int) -> dict | None:
+    """Which cells are within noise of the best one on metric `key` (a fraction of the test
+    split): at most one test image apart, or at most as far apart as the larger of the two cells'
+    spreads over seeds. Returns {"metric", "best", "one_image", "within_noise": [cells],
+    "apart": [cells], "text"}, or None when no cell has the metric."""
+    scored = [r for r in rows if key in r["stats"] and r["stats"][key]["mean"] is not None]
+    if not scored or num_test < 1:
+        return None
+    best = max(scored, key=lambda r: r["stats"][key]["mean"])
+    top, one_image = best["stats"][key], 1.0 / num_test
+    within, apart = [], []
+    for r in scored:
+        if r is best:
+            continue
+        s = r["stats"][key]
+        spreads = [v for v in (top["spread"], s["spread"]) if v is not None]
+        noise = max([one_image, *spreads])
+        (within if top["mean"] - s["mean"] <= noise + 1e-12 else apart).append(r["cell"])
+    name = dict(METRICS)[key].replace(" (%)", "")
+    head = f"{name}: {best['cell']} is highest ({format_score(top)})"
+    resolution = f"one test image is {100 * one_image:.2f} points"
+    if not within:
+        text = f"{head}; every other cell is further below than one test image and the seeds' spread ({resolution})."
+    elif not apart:
+        text = (f"{head}, but every cell is within noise of it (at most one test image or the seeds' spread "
+                f"apart; {resolution}): on this data the experiment does not separate them.")
+    else:
+        text = (f"{head}; within noise of it (at most one test image or the seeds' spread apart; {resolution}): "
+                f"{', '.join(within)}; further below: {', '.join(apart)}.")
+    return {"metric": key, "best": best["cell"], "one_image": one_image, "within_noise": within, "apart": apart,
+            "text": text}
 
 
 def pinned_base(settings: Settings, data: DataSplits) -> TrainConfig:
@@ -246,7 +297,7 @@ def run_experiment(experiment: Experiment, settings: Settings) -> dict:
     """Run (or finish) every cell x seed of an experiment in `settings.out` and write
     results.md, results.json and the plots there; returns results.json's content."""
     say = (lambda message: None) if settings.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    if settings.epochs < 1 or settings.seeds < 1:
+    if settings.epochs < 1 or (settings.seeds is not None and settings.seeds < 1):
         raise ConfigError("--epochs and --seeds must be positive")
     out = Path(settings.out)
     marker = out / "experiment.json"
@@ -265,27 +316,36 @@ def run_experiment(experiment: Experiment, settings: Settings) -> dict:
     setup = Setup(settings, data, pinned_base(settings, data))
     cells = experiment.cells(setup)
     write_json(marker, {"experiment": experiment.name, "data": settings.data})
-    total = len(cells) * settings.seeds
+    seeds = settings.seeds if settings.seeds is not None else default_seeds(len(data.train))
+    if settings.seeds is None:
+        why = (f"at most {SMALL_DATA_IMAGES:,}: small runs vary from seed to seed" if seeds > 1
+               else f"over {SMALL_DATA_IMAGES:,}")
+        say(f"seeds: {seeds} per cell ({len(data.train):,} training images, {why}; --seeds N to choose)")
+    total = len(cells) * seeds
     started = time.perf_counter()
     rows = []
     for i, cell in enumerate(cells):
         runs = [run_cell(setup, cell, seed, out / "runs" / f"{cell.name}-seed{seed}", experiment.fewshot, say,
-                         f"{i * settings.seeds + seed + 1}/{total}") for seed in range(settings.seeds)]
+                         f"{i * seeds + seed + 1}/{total}") for seed in range(seeds)]
         stats = {key: aggregate([r.get(key) for r in runs]) for key, _ in METRICS
                  if key != "fewshot" or experiment.fewshot}
         rows.append({"cell": cell.name, "labels": cell.labels, "model_options": cell.model_options,
                      "changes": cell.changes, "reference": cell.reference, "params": runs[0]["params"],
                      "epochs": runs[0]["epochs"], "stats": stats, "runs": runs})
     extra = experiment.report(setup, rows, out) if experiment.report else {}
+    verdicts = [v for v in (noise_verdict(rows, key, len(data.test)) for key, _ in METRICS if key != "val_acc")
+                if v is not None]
     result = {"experiment": experiment.name, "title": experiment.title, "data": data.source,
               "num_train": setup.num_train, "num_test": len(data.test), "epochs": settings.epochs,
-              "seeds": settings.seeds, "shots": settings.shots if experiment.fewshot else None,
+              "seeds": seeds, "shots": settings.shots if experiment.fewshot else None, "noise": verdicts,
               "base_model": {k: setup.model[k] for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size",
                                                          "image_size", "pool", "posemb")},
               "lr": setup.base.lr, "batch_size": setup.base.batch_size,
               "cells": rows, **extra}
     write_json(out / "results.json", result)
     write_text(out / "results.md", results_markdown(experiment, result))
+    for verdict in verdicts:
+        say(verdict["text"])
     say(f"{experiment.name}: {total} runs in {time.perf_counter() - started:.0f} s; results in {out / 'results.md'}")
     return result
 
@@ -301,7 +361,9 @@ def results_markdown(experiment: Experiment, result: dict) -> str:
              f"- {result['epochs']} epochs unless the table says otherwise; {seeds} seed(s) per cell "
              f"(training seeds 0..{seeds - 1}, same data split)",
              "- cells: mean ± spread over seeds, in %; spread = sample standard deviation (n - 1), "
-             "none with one seed"]
+             "none with one seed",
+             f"- resolution: one test image is {100 / result['num_test']:.2f} points of test accuracy"
+             if result["num_test"] else "- no test images"]
     if result["shots"]:
         lines += [f"- few-shot: {result['shots']}-shot linear accuracy on the frozen pre-logits features of the "
                   "trained model (regularised least squares, `vitkit fewshot`), averaged over the draws"]
@@ -320,6 +382,11 @@ def results_markdown(experiment: Experiment, result: dict) -> str:
         if reference:
             cells.append("n/a" if r["reference"] is None else f"{100 * r['reference']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+    if result["noise"]:
+        lines += ["", "## Which differences are noise", ""]
+        lines += [f"- {verdict['text']}" for verdict in result["noise"]]
+        if seeds == 1:
+            lines.append("- With one seed there is no spread to compare with: run again with --seeds 3 to measure it.")
     for section in result.get("sections", []):
         lines += ["", f"## {section['title']}", "", *section["lines"]]
     for plot in result.get("plots", []):
@@ -329,8 +396,15 @@ def results_markdown(experiment: Experiment, result: dict) -> str:
     return "\n".join(lines)
 
 
-def bar_plot(rows: list[dict], metrics: list[str], path: Path, title: str) -> None:
-    """One group of bars per cell, one bar per metric, error bars = spread over seeds."""
+def _resolution_note(ax, num_test: int | None) -> None:
+    if num_test:
+        ax.text(0.01, 0.01, f"error bars: spread over seeds; one test image = {100 / num_test:.2f} points",
+                transform=ax.transAxes, fontsize=7, color="0.3", va="bottom")
+
+
+def bar_plot(rows: list[dict], metrics: list[str], path: Path, title: str, num_test: int | None = None):
+    """One group of bars per cell, one bar per metric, error bars = spread over seeds, on the full
+    0-100 % axis. Returns the figure (saved to `path`)."""
     from matplotlib.figure import Figure
 
     from vitkit.analysis.plots import save_figure
@@ -349,28 +423,53 @@ def bar_plot(rows: list[dict], metrics: list[str], path: Path, title: str) -> No
     ax.set(ylabel="accuracy (%)", title=title, ylim=(0, 100))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="lower right")
+    _resolution_note(ax, num_test)
     save_figure(fig, path, dpi=110)
+    return fig
+
+
+# A line plot's accuracy axis spans at least this many points, so that a difference of a test
+# image or two does not fill the height and look like a trend.
+MIN_ACCURACY_SPAN = 20.0
+
+
+def accuracy_limits(values: list[float]) -> tuple[float, float]:
+    """(bottom, top) in % for accuracies `values` (means with their error bars' ends): at least
+    MIN_ACCURACY_SPAN points high, within 0-100, the values inside with a little room."""
+    low, high = min(values), max(values)
+    margin = max(1.0, 0.1 * (high - low))
+    top = min(100.0, high + margin)
+    bottom = max(0.0, min(low - margin, top - MIN_ACCURACY_SPAN))
+    return bottom, max(top, min(100.0, bottom + MIN_ACCURACY_SPAN))
 
 
 def line_plot(series: dict[str, list[tuple[float, dict]]], path: Path, title: str, xlabel: str,
-              log_x: bool = True) -> None:
-    """One line per series: (x, stats) points, error bars = spread over seeds."""
+              log_x: bool = True, num_test: int | None = None):
+    """One line per series: (x, stats) points, error bars = spread over seeds, on an accuracy axis
+    at least MIN_ACCURACY_SPAN points high. Returns the figure (saved to `path`)."""
     from matplotlib.figure import Figure
 
     from vitkit.analysis.plots import save_figure
 
     fig = Figure(figsize=(6, 4.5))
     ax = fig.subplots()
+    ends = []
     for label, points in series.items():
         points = [(x, s) for x, s in points if s["mean"] is not None]
-        ax.errorbar([x for x, _ in points], [100 * s["mean"] for _, s in points],
-                    yerr=[100 * (s["spread"] or 0.0) for _, s in points], marker="o", capsize=3, label=label)
+        means = [100 * s["mean"] for _, s in points]
+        errors = [100 * (s["spread"] or 0.0) for _, s in points]
+        ax.errorbar([x for x, _ in points], means, yerr=errors, marker="o", capsize=3, label=label)
+        ends += [m + sign * e for m, e in zip(means, errors) for sign in (-1, 1)]
     if log_x:
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel="accuracy (%)", title=title)
+    if ends:
+        ax.set_ylim(*accuracy_limits(ends))
     ax.grid(alpha=0.3)
     ax.legend()
+    _resolution_note(ax, num_test)
     save_figure(fig, path, dpi=110)
+    return fig
 
 
 def parse_numbers(text: str, kind=float, name: str = "value") -> list:
