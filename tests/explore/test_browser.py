@@ -181,6 +181,28 @@ def test_uploading_a_png_shows_the_class_names_and_draws_the_rollout(browser, se
     page.caption("Attention rollout from the class token")
     colormap = client.get("/api/model").json()["colormaps"]["inferno"]
     _assert_cells_match(page.cell_colours(4, 4), _expected_colours(torch.tensor(answer["rollout"]), colormap), 0.6)
+    page.tab.focus("#opacity")
+    page.tab.keyboard.press("End")  # opacity 1
+    _assert_cells_match(page.cell_colours(4, 4), _expected_colours(torch.tensor(answer["rollout"]), colormap), 1.0)
+    page.tab.keyboard.press("Home")  # opacity 0: the image alone
+    assert page.overlay()["drawn"] == 0
+    assert page.errors == []
+
+
+def test_an_image_dragged_onto_the_page_is_run(browser, served, tmp_path):
+    server, client, model = served
+    page = Page(browser, server.address)
+    image = tmp_path / "dragged.png"
+    content = write_png(image, size=(20, 20), seed=9)
+    answer = client.predict(content).json()
+    transfer = page.tab.evaluate_handle("""(bytes) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], 'dragged.png', {type: 'image/png'}));
+        return transfer;
+    }""", list(content))
+    page.tab.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    page.expect(page.tab.locator("#true-label")).to_be_hidden()  # an upload, not the sample shown first
+    page.expect(page.tab.locator("#predictions .name")).to_have_text([p["label"] for p in answer["predictions"]])
     assert page.errors == []
 
 

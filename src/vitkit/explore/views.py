@@ -129,7 +129,8 @@ def png_data_url(pixels: torch.Tensor) -> str:
     """(C, H, W) pixels in [0, 1] as a PNG data URL: the image exactly as the model saw it."""
     array = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
+    # Light compression: it is shown once, and level 6 costs more than the forward of a small model.
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
