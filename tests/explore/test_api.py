@@ -298,3 +298,25 @@ def test_requests_that_pile_up_share_a_forward_and_get_their_own_answers():
         assert [p["probability"] for p in mine["predictions"]] == pytest.approx(
             [p["probability"] for p in reference["predictions"]], abs=1e-5)
         assert torch.allclose(torch.tensor(mine["rollout"]), torch.tensor(reference["rollout"]), atol=1e-5)
+
+
+def test_a_request_without_a_host_header_is_served(token_server):
+    import http.client
+
+    server, _ = token_server
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+    connection.putrequest("GET", "/api/model", skip_host=True)
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read())["grid"] == [4, 4]
+    connection.close()
+
+
+def test_the_printed_address_and_which_hosts_count_as_this_machine():
+    from vitkit.explore.server import _is_loopback, page_address
+
+    assert page_address("127.0.0.1", 8765) == "http://127.0.0.1:8765/"
+    assert page_address("0.0.0.0", 80) == "http://127.0.0.1:80/"
+    assert page_address("::1", 5) == "http://[::1]:5/"
+    assert [_is_loopback(h) for h in ("127.0.0.1", "127.3.4.5", "::1", "localhost", "0.0.0.0", "192.168.1.2",
+                                      "example.org")] == [True, True, True, True, False, False, False]

@@ -74,6 +74,9 @@ def run(args) -> int:
               f"grid {cfg.grid_size[0]}x{cfg.grid_size[1]}) on {device}"
               + (f"; {len(samples)} samples of {source}" if samples is not None else ""))
     print(server.address, flush=True)
+    if not server.loopback_only:
+        print(f"Listening on {args.host}: anyone who can reach this machine on port {server.server_port} can use "
+              "the page.", flush=True)
     if not args.quiet:
         print("Open that address in a browser; Ctrl-C stops the server.", flush=True)
     # SIGTERM (a service manager's stop) ends it as Ctrl-C does; handlers live in the main thread.

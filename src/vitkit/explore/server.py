@@ -85,6 +85,8 @@ class ExploreServer(ThreadingHTTPServer):
 class ExploreHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "vitkit-explore"
+    # A connection that sends nothing for this long is closed (a browser opens a new one).
+    timeout = 120
     server: ExploreServer
 
     # ------------------------------------------------------------------ routing
@@ -165,7 +167,7 @@ class ExploreHandler(BaseHTTPRequestHandler):
             return
         host = (self.headers.get("Host") or "").strip().lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if name not in LOOPBACK_NAMES:
+        if host and name not in LOOPBACK_NAMES:  # browsers always name the host; old scripts may not
             raise RequestError(403, f"this server answers only requests for localhost, not {host!r}")
 
     def _declared_length(self) -> int:
