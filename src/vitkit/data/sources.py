@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from vitkit.data import cifar
 from vitkit.data.dataset import DataSplits, ImageSet, carve_splits
 from vitkit.data.folders import find_split_files
-from vitkit.data.images import (BadImage, Size, as_size, decode_all, describe_bad, most_common_size,
-                                pixel_limit, progress, raise_if_bad, read_header, read_pixels, relative_bad)
+from vitkit.data.images import (BadImage, Size, decode_all, describe_bad, most_common_size,
+                                pixel_limit, progress, raise_if_bad, read_header, read_pixels, relative_bad,
+                                target_size)
 from vitkit.data.shards import is_shard_folder, read_shards
 from vitkit.errors import ConfigError, DataError
 from vitkit.npz import read_arrays
@@ -52,7 +53,7 @@ def load_data(spec: str | os.PathLike = "digits", *, split_seed: int = 0, val_fr
     """
     check_split_options(val_fraction, test_fraction, channels)
     spec = os.fspath(spec)
-    size = as_size(image_size)
+    size = target_size(image_size, max_image_pixels)
     fractions = {"val": val_fraction, "test": test_fraction}
     if spec == "digits":
         images, labels, names = _digits()
@@ -93,7 +94,7 @@ def read_images(paths: Sequence[str | Path], image_size: int | Sequence[int], ch
     if channels not in (1, 3):
         raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), not {channels}")
     with pixel_limit(max_image_pixels):
-        images, _, bad = decode_all(paths, as_size(image_size), channels, quiet)
+        images, _, bad = decode_all(paths, target_size(image_size, max_image_pixels), channels, quiet)
     raise_if_bad(bad, "the given files", skip_hint=False)
     return images
 

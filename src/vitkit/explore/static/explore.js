@@ -170,6 +170,7 @@
     state.attention = new Map();
     state.distances.push(answer.attention_distance);
     layOut(answer);
+    showInput(answer);
     listPredictions(answer);
     drawDistances();
     redraw();
@@ -195,6 +196,15 @@
     ctx.imageSmoothingEnabled = scale < 4;
     ctx.clearRect(0, 0, width, height);
     ctx.drawImage(state.image, 0, 0, width, height);
+  }
+
+  function showInput(answer) {
+    const [h, w] = answer.image_size;
+    const preview = $('input-preview');
+    preview.src = answer.image;
+    preview.classList.toggle('pixelated', Math.max(h, w) < 64);
+    $('input-caption').textContent = `As the model sees it: ${h}x${w}`;
+    $('input-figure').hidden = false;
   }
 
   function listPredictions(answer) {
