@@ -197,3 +197,75 @@ def test_regression_index_shards_refuses_a_sparse_member(tmp_path):
         index_shards({str(tmp_path)!r}, quiet=True)
     """)
     assert refusal is not None and "train-000000.tar" in refusal and "sparse" in refusal
+
+
+# ----------------------------------------------------------------------------- the pixel limit is the user's
+
+
+def bomb_shard_folder(folder, index_changes: dict, side: int = 20000):
+    """One sample, a 1-bit PNG of side x side black pixels (50 kB for 20000), in a folder whose
+    dataset.json carries `index_changes`."""
+    from .test_image_limits import bomb
+
+    root = one_shard_folder(folder, shard_of(member("000000.cls", b"0"), member("000000.png", bomb(side))))
+    index = json.loads((root / "dataset.json").read_text())
+    index.update(index_changes)
+    (root / "dataset.json").write_text(json.dumps(index))
+    return root
+
+
+def test_regression_a_shard_folder_cannot_turn_the_pixel_limit_off(tmp_path):
+    # "max_image_pixels": 0 in dataset.json let a 50 kB PNG of 20000 x 20000 pixels decode
+    # (400 MB as grey, the issue's 389 kB one 2.6 GB) even under --max-image-pixels 1000.
+    root = bomb_shard_folder(tmp_path / "shards", {"max_image_pixels": 0})
+    assert (root / "train-000000.tar").stat().st_size < 100_000
+    refusal = refusal_under_address_cap(f"""
+        from vitkit.data.shards import ShardBatches, load_batches, open_shards
+        split = open_shards({str(root)!r}, max_image_pixels=1000).train
+        list(load_batches(ShardBatches(split, batch_size=1, image_size=8, channels=1)))
+    """)
+    assert refusal is not None and "000000.png cannot be decoded (over the limit of 1000 pixels" in refusal
+    # Without a flag the environment's limit or the default applies, as to an image folder.
+    refusal = refusal_under_address_cap(f"vitkit.data.load_data({str(root)!r}, quiet=True)")
+    assert refusal is not None and "000000.png cannot be decoded (over the limit of 89478485 pixels" in refusal
+
+
+@pytest.mark.parametrize("recorded, asked, applies", [
+    (None, None, 89_478_485), (0, None, 89_478_485), (0, 1000, 1000), (1000, 0, 1000), (1000, 5000, 1000),
+    (5000, 1000, 1000), (10**12, None, 89_478_485), (10**12, 0, 10**12),
+])
+def test_dataset_json_can_lower_the_pixel_limit_never_raise_it(tmp_path, recorded, asked, applies):
+    root = one_shard_folder(tmp_path / "shards", shard_folder()["train-000000.tar"])
+    index = {**json.loads((root / "dataset.json").read_text()), "max_image_pixels": recorded, "image_size": [10, 12]}
+    (root / "dataset.json").write_text(json.dumps(index))
+    assert open_shards(root, max_image_pixels=asked).train.max_image_pixels == applies
+
+
+def test_a_recorded_limit_below_the_images_refuses_them(tmp_path):
+    root = bomb_shard_folder(tmp_path / "shards", {"max_image_pixels": 99, "image_size": [8, 8]}, side=10)
+    with pytest.raises(VitkitError, match="000000.png cannot be decoded .over the limit of 99 pixels"):
+        load_data(str(root), max_image_pixels=0, quiet=True)
+
+
+def test_regression_fewshot_on_a_shard_folder_asking_for_30000_squared_images(tmp_path):
+    # "image_size": [30000, 30000] with "max_image_pixels": 0 made `vitkit fewshot` resize toward
+    # 30000^2 (5.5 GB, a MemoryError traceback). Image sizes in dataset.json are held to the
+    # user's limit.
+    import vitkit
+
+    from .valid_files import tiny_model
+
+    root = bomb_shard_folder(tmp_path / "shards", {"max_image_pixels": 0, "image_size": [30000, 30000]}, side=10)
+    vitkit.save(tiny_model(num_classes=2), tmp_path / "m.safetensors")
+    refusal = refusal_under_address_cap(f"""
+        import contextlib, io, json
+        from vitkit.cli.main import main
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["fewshot", {str(tmp_path / "m.safetensors")!r}, "--data", {str(root)!r}, "--no-cache",
+                         "--quiet"])
+        print("REFUSED:", json.dumps([code, err.getvalue()]))
+    """)
+    code, error = json.loads(refusal)
+    assert code == 2 and len(error.strip().splitlines()) == 1
+    assert "dataset.json: image_size 30000x30000 is over the limit of 89478485 pixels; raise max_image_pixels" in error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import warnings
 from collections import Counter
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from vitkit.errors import ConfigError, DataError
+from vitkit.errors import ConfigError, ConfigTypeError, ConfigValueError, DataError
 from vitkit.progress import Progress, track
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -32,6 +33,7 @@ _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 Size = tuple[int, int]  # (height, width)
 
 PIXEL_LIMIT_VARIABLE = "VITKIT_MAX_IMAGE_PIXELS"
+RAISE_LIMIT = f"raise max_image_pixels (--max-image-pixels N or {PIXEL_LIMIT_VARIABLE}=N, 0 for none)"
 # What Pillow's decoders raise on damaged files (besides its own UnidentifiedImageError).
 _DAMAGED = (OSError, SyntaxError, ValueError, EOFError)
 
@@ -45,12 +47,29 @@ def is_image_file(path: Path) -> bool:
 
 
 def as_size(image_size: int | Sequence[int] | None) -> Size | None:
+    """(height, width) of an int (a square) or a pair of ints, each 1 to 2**31 - 1 pixels; None
+    stays None. Anything else is a ConfigTypeError or ConfigValueError naming image_size."""
     if image_size is None:
         return None
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    height, width = image_size
-    return (int(height), int(width))
+    pair = (image_size, image_size) if isinstance(image_size, numbers.Integral) else image_size
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in pair)):
+        raise ConfigTypeError(f"image_size must be an int or a pair of ints (height, width), not {image_size!r}")
+    if not all(0 < s < 2**31 for s in pair):
+        raise ConfigValueError(f"image_size must be 1 to {2**31 - 1} pixels a side, not {image_size!r}")
+    return (int(pair[0]), int(pair[1]))
+
+
+def target_size(image_size: int | Sequence[int] | None, max_image_pixels: int | None) -> Size | None:
+    """`as_size(image_size)`, the size images are to be resized to, if it is within the pixel
+    limit that applies (see resolve_pixel_limit): no larger than an image file the limit lets
+    through, or resizing would allocate what no file was allowed to."""
+    size = as_size(image_size)
+    limit = resolve_pixel_limit(max_image_pixels)
+    if size is not None and limit is not None and size[0] * size[1] > limit:
+        raise ConfigValueError(f"image_size {size[0]}x{size[1]} is over the limit of {limit} pixels; {RAISE_LIMIT}"
+                               " if images that large are meant")
+    return size
 
 
 @dataclass
@@ -96,8 +115,7 @@ def pixel_limit(max_image_pixels: int | None) -> Iterator[None]:
 
 
 def _over_limit() -> BadImage:
-    return BadImage(f"over the limit of {Image.MAX_IMAGE_PIXELS} pixels; raise max_image_pixels "
-                    f"(--max-image-pixels N or {PIXEL_LIMIT_VARIABLE}=N, 0 for none) if the image is genuine")
+    return BadImage(f"over the limit of {Image.MAX_IMAGE_PIXELS} pixels; {RAISE_LIMIT} if the image is genuine")
 
 
 class ClampedReads:

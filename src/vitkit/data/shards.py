@@ -41,8 +41,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vitkit.data.dataset import DataSplits, ImageSet
-from vitkit.data.images import (IMAGE_SUFFIXES, BadImage, ClampedReads, Size, as_size, pixel_limit, read_pixels,
-                                resolve_pixel_limit)
+from vitkit.data.images import (IMAGE_SUFFIXES, RAISE_LIMIT, BadImage, ClampedReads, Size, as_size, pixel_limit,
+                                read_pixels, resolve_pixel_limit)
 from vitkit.errors import DataError, VitkitError
 
 INDEX_NAME = "dataset.json"
@@ -78,7 +78,7 @@ class ShardSplit:
     name: str
     shards: tuple[ShardFile, ...]
     num_classes: int
-    max_image_pixels: int | None = None  # as for load_data: None is $VITKIT_MAX_IMAGE_PIXELS or the default
+    max_image_pixels: int | None = None  # as for load_data (open_shards sets the limit that applies)
 
     def __len__(self) -> int:
         return sum(shard.samples for shard in self.shards)
@@ -121,8 +121,13 @@ def is_shard_folder(spec: str | os.PathLike) -> bool:
     return path.is_dir() and (path / INDEX_NAME).is_file()
 
 
-def open_shards(root: str | os.PathLike) -> ShardedSplits:
-    """Read and check `root/dataset.json`; every shard it lists must be there, whole."""
+def open_shards(root: str | os.PathLike, max_image_pixels: int | None = None) -> ShardedSplits:
+    """Read and check `root/dataset.json`; every shard it lists must be there, whole.
+
+    Images are decoded under the user's pixel limit (`max_image_pixels` as for load_data:
+    None is $VITKIT_MAX_IMAGE_PIXELS or the default, 0 none). The limit `dataset.json` records
+    (the one the shards were written with) can lower it, never raise it: a folder from
+    elsewhere does not get to turn the limit off."""
     root = Path(root).expanduser()
     index_path = root / INDEX_NAME
     try:
@@ -131,9 +136,8 @@ def open_shards(root: str | os.PathLike) -> ShardedSplits:
         raise DataError(f"{root} has no {INDEX_NAME}; write shards with `vitkit shard FOLDER --out {root}`") from None
     except (OSError, ValueError, RecursionError) as err:  # ValueError: undecodable, not JSON, huge numbers
         raise DataError(f"{index_path} is not readable JSON ({type(err).__name__}: {err}); {_RESHARD_HINT}") from None
-    _check_index(index, index_path)
+    limit = _pixel_limit_for(index, index_path, max_image_pixels)
     names = list(index["class_names"])
-    limit = index.get("max_image_pixels")
     splits = {}
     for split in SPLITS:
         shards = tuple(ShardFile(s["file"], int(s["samples"]), int(s["bytes"]))
@@ -151,6 +155,21 @@ def open_shards(root: str | os.PathLike) -> ShardedSplits:
                          as_size(index["image_size"]), index, [])
 
 
+def _pixel_limit_for(index, path: Path, max_image_pixels: int | None) -> int:
+    """Check the index; the pixel limit for its images as a max_image_pixels value (0: none)."""
+    _check_index(index, path)
+    limit = resolve_pixel_limit(max_image_pixels)
+    recorded = index.get("max_image_pixels")
+    if recorded:
+        limit = recorded if limit is None else min(limit, recorded)
+    # Every image is resized to image_size: no larger than an image the limit lets through.
+    height, width = index["image_size"]
+    if limit is not None and height * width > limit:
+        raise DataError(f"{path}: image_size {height}x{width} is over the limit of {limit} pixels; {RAISE_LIMIT} "
+                        "if the images are meant to be that large")
+    return limit or 0
+
+
 def _check_index(index, path: Path) -> None:
     def bad(what: str) -> DataError:
         return DataError(f"{path} is not a dataset index written by `vitkit shard`: {what}; {_RESHARD_HINT}")
@@ -165,7 +184,7 @@ def _check_index(index, path: Path) -> None:
     if index.get("channels") not in (1, 3):
         raise bad("channels must be 1 or 3")
     size = index.get("image_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and 0 < s < 2**31 for s in size)):
         raise bad("image_size must be [height, width]")
     if not isinstance(splits, dict) or "train" not in splits:
         raise bad("no train split")
@@ -186,10 +205,6 @@ def _check_index(index, path: Path) -> None:
     limit = index.get("max_image_pixels")
     if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0):
         raise bad("max_image_pixels must be a number of pixels (0 for no limit) or null")
-    # Every image is resized to image_size: no larger than an image the limit lets through.
-    pixels = resolve_pixel_limit(limit)
-    if max(size) >= 2**31 or pixels is not None and size[0] * size[1] > pixels:
-        raise bad(f"image_size {size[0]}x{size[1]} is over the limit of {pixels} pixels")
     made = index.get("split", {})
     if not isinstance(made, dict) or made.get("seed") is not None and not (
             isinstance(made["seed"], int) and all(isinstance(made.get(k), (int, float)) and 0 <= made[k] < 1
@@ -503,9 +518,11 @@ def read_split(split: ShardSplit, image_size: Size, channels: int, workers: int 
     return ImageSet(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
 
 
-def read_shards(root: str | os.PathLike, image_size: Size | None = None, channels: int | None = None) -> DataSplits:
-    """A shard folder read into memory: `load_data` on a folder written by `vitkit shard`."""
-    shards = open_shards(root)
+def read_shards(root: str | os.PathLike, image_size: Size | None = None, channels: int | None = None,
+                max_image_pixels: int | None = None) -> DataSplits:
+    """A shard folder read into memory: `load_data` on a folder written by `vitkit shard`
+    (`max_image_pixels` as for open_shards)."""
+    shards = open_shards(root, max_image_pixels)
     size, channels = image_size or shards.image_size, channels or shards.channels
     parts = {name: read_split(shards.split(name), size, channels) for name in SPLITS}
     return DataSplits(parts["train"], parts["val"], parts["test"], shards.class_names, source=shards.source)
