@@ -121,3 +121,67 @@ def test_every_variant_gives_maps_over_the_patch_grid(tmp_path, variant):
     expected = {"token": "class token's row", "gap": "mean of the patch tokens' rows",
                 "map": "patch tokens' rows weighted by the MAP probe's attention"}[variant.get("pool", "token")]
     assert result["rollout"]["query"] == expected
+
+
+def test_the_attention_distance_plot_draws_the_uniform_attention_reference_and_one_marker_per_head(
+        tmp_path, monkeypatch):
+    from vitkit.analysis import report
+    from vitkit.analysis.attention_distance import uniform_attention_distance
+
+    figures = []
+
+    def keep(*args, **kwargs):
+        figures.append(plot(*args, **kwargs))
+        return figures[-1]
+
+    plot = report.plot_attention_distance
+    monkeypatch.setattr(report, "plot_attention_distance", keep)
+    model = _model(image_size=(8, 12), num_heads=4, depth=3)  # a 4 x 6 grid, patches 2 pixels apart
+    result = analyze(model, _images(n=3, size=12), tmp_path)
+    cells = list(itertools.product(range(4), range(6)))
+    expected = 2 * sum(math.dist(a, b) for a in cells for b in cells) / 24**2
+    assert uniform_attention_distance((4, 6), 2) == pytest.approx(expected, rel=1e-12)
+    assert result["uniform_attention_distance"] == pytest.approx(expected, rel=1e-12)
+
+    ax = figures[0].axes[0]
+    reference = [line for line in ax.get_lines() if line.get_label().startswith("uniform attention")]
+    assert len(reference) == 1 and list(reference[0].get_ydata()) == pytest.approx([expected, expected])
+    assert reference[0].get_label() == f"uniform attention ({expected:.1f} px)"
+    heads = ax.collections
+    assert [c.get_label() for c in heads] == ["head 1", "head 2", "head 3", "head 4"]
+    # Each head its own shape and colour; its points are its distances, one per layer.
+    assert len({c.get_paths()[0].vertices.tobytes() for c in heads}) == 4
+    assert len({tuple(c.get_facecolor()[0]) for c in heads}) == 4
+    for h, c in enumerate(heads):
+        assert c.get_offsets()[:, 1].tolist() == pytest.approx([layer[h] for layer in result["mean_attention_distance"]])
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-1].startswith("uniform attention")
+
+
+def test_rollout_examples_span_the_classes_and_name_them(tmp_path, monkeypatch):
+    from vitkit.analysis import report
+
+    shown = {}
+    plot = report.plot_rollout
+    monkeypatch.setattr(report, "plot_rollout", lambda images, maps, path, title, captions=None: (
+        shown.update(images=images, captions=captions), plot(images, maps, path, title, captions))[1])
+    model = _model(num_classes=3, class_names=("ant", "bee", "cat"))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.weight)
+    images = _images(n=10)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 0])
+    result = analyze(model, images, tmp_path / "a", rollout_images=5, labels=labels, batch_size=4)
+    # The first of each class, then the second of each.
+    assert result["rollout"]["images"] == [0, 3, 5, 1, 4]
+    assert result["rollout"]["labels"] == ["ant", "bee", "cat", "ant", "bee"]
+    with torch.no_grad():
+        predicted = model(report.normalize(report.resize_images(images, model.config), model.config)).argmax(1)
+    names = ["ant", "bee", "cat"]
+    assert result["rollout"]["predicted"] == [names[int(predicted[i])] for i in (0, 3, 5, 1, 4)]
+    assert shown["captions"] == [t if t == p else f"{t} (model: {p})"
+                                 for t, p in zip(result["rollout"]["labels"], result["rollout"]["predicted"])]
+    assert torch.equal(shown["images"], report.resize_images(images, model.config)[[0, 3, 5, 1, 4]])
+    # Each map is the one the image gets on its own.
+    alone = analyze(model, images[[0, 3, 5, 1, 4]], tmp_path / "b", rollout_images=5)
+    assert torch.allclose(torch.tensor(result["rollout"]["maps"]), torch.tensor(alone["rollout"]["maps"]), atol=1e-6)
+    # Without labels: the first images, no captions.
+    assert alone["rollout"]["images"] == [0, 1, 2, 3, 4] and "labels" not in alone["rollout"]

@@ -11,6 +11,7 @@ from PIL import Image
 
 import vitkit
 from vitkit.cli.main import main
+from vitkit.data import load_data
 
 SRC = str(Path(vitkit.__file__).resolve().parents[1])
 PICTURES = ["filters.png", "posemb_similarity.png", "attention_distance.png", "rollout.png"]
@@ -38,6 +39,11 @@ def test_analyze_on_the_bundled_digits(tmp_path):
     assert stored["num_images"] == 40
     mad = stored["mean_attention_distance"]
     assert [len(layer) for layer in mad] == [2, 2] and all(isinstance(v, float) for layer in mad for v in layer)
+    # The eight rollout examples are eight of the ten digits, not the first eight test images.
+    test_labels = load_data("digits").test.labels[:40]
+    shown = stored["rollout"]["images"]
+    assert stored["rollout"]["labels"] == [str(int(test_labels[i])) for i in shown]
+    assert len(set(stored["rollout"]["labels"])) == 8
     assert all((out / name).stat().st_size > 1000 for name in PICTURES)
 
 

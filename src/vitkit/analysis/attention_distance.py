@@ -23,6 +23,13 @@ def patch_distances(grid: tuple[int, int], stride: float) -> torch.Tensor:
     return torch.cdist(centres, centres)
 
 
+def uniform_attention_distance(grid: tuple[int, int], stride: float) -> float:
+    """The mean attention distance of a head that attends uniformly over the patch grid: the mean
+    distance between the centres of two patches (every query, every key, itself included). Heads
+    far below it look locally; a head near it looks everywhere alike."""
+    return float(patch_distances(grid, stride).mean())
+
+
 def head_distances(attention: torch.Tensor, num_prefix: int, distances: torch.Tensor) -> torch.Tensor:
     """Per-image, per-head mean attention distance (B, H) of one layer's weights (B, H, T, T)."""
     a = attention[:, :, num_prefix:, num_prefix:].double()

@@ -60,28 +60,48 @@ def plot_posemb_similarity(similarity: torch.Tensor, grid: tuple[int, int], path
     save_figure(fig, path)
 
 
-def plot_attention_distance(distances: torch.Tensor, path, title: str, max_distance: float) -> None:
-    """One point per head at its layer's depth, as in the paper."""
+# Each head its own marker shape and colour, so heads stay apart in print and for colour-blind
+# readers too; past twelve heads the shapes repeat with other colours.
+HEAD_MARKERS = "osD^vP*X<>hp"
+
+
+def plot_attention_distance(distances: torch.Tensor, path, title: str, max_distance: float,
+                            uniform_distance: float) -> Figure:
+    """One point per head at its layer's depth, as in the paper, with the distance of uniform
+    attention over the grid drawn across (the line a head that looks everywhere alike sits on).
+    The heads of a layer are spread a little sideways so that none hides another. Returns the
+    figure (saved to `path`)."""
+    from matplotlib import colormaps
+
     layers, heads = distances.shape
-    fig = Figure(figsize=(max(4.5, 0.35 * layers + 2.5), 4.0))
+    colours = colormaps["tab10" if heads <= 10 else "tab20"]
+    fig = Figure(figsize=(max(5.5, 0.35 * layers + 3.5), 4.0))
     ax = fig.add_subplot(1, 1, 1)
+    spread = min(0.6 / heads, 0.08)
     for h in range(heads):
-        ax.scatter(np.arange(1, layers + 1), distances[:, h].numpy(), s=18, label=f"Head {h + 1}")
+        ax.scatter(np.arange(1, layers + 1) + (h - (heads - 1) / 2) * spread, distances[:, h].numpy(), s=30,
+                   marker=HEAD_MARKERS[h % len(HEAD_MARKERS)], color=colours(h % colours.N), edgecolors="black",
+                   linewidths=0.4, label=f"head {h + 1}", zorder=3)
+    ax.axhline(uniform_distance, linestyle="--", color="0.35", linewidth=1.2, zorder=2,
+               label=f"uniform attention ({uniform_distance:.1f} px)")
     ax.set_xlabel("Network depth (layer)")
     ax.set_ylabel("Mean attention distance (pixels)")
     ax.set_xticks(np.arange(1, layers + 1, max(1, layers // 12)))
     ax.set_xlim(0.5, layers + 0.5)
     ax.set_ylim(0, max_distance * 1.05)
     ax.grid(alpha=0.3)
-    if heads <= 16:
-        ax.legend(fontsize=7, ncol=2 if heads > 6 else 1, loc="lower right")
+    ax.legend(fontsize=7, ncol=2 if heads > 16 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False)
     ax.set_title(title, fontsize=11)
     save_figure(fig, path)
+    return fig
 
 
-def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path, title: str) -> None:
-    """Top row the inputs as the model saw them ((B, C, H, W) in [0, 1]); bottom row each with
-    its rollout map (upsampled bilinearly, scaled to its own maximum) laid over it."""
+def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path, title: str,
+                 captions: list[str] | None = None) -> None:
+    """Top row the inputs as the model saw them ((B, C, H, W) in [0, 1]), each under its caption
+    (its class and what the model predicted); bottom row each with its rollout map (upsampled
+    bilinearly, scaled to its own maximum) laid over it."""
     b = images.shape[0]
     size = images.shape[-2:]
     heat = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
@@ -100,5 +120,7 @@ def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path, title: str) -> 
             ax.set_yticks([])
             if i == 0:
                 ax.set_ylabel("input" if row == 0 else "rollout", fontsize=9)
+            if row == 0 and captions:
+                ax.set_title(captions[i], fontsize=8)
     fig.suptitle(title, fontsize=11)
     save_figure(fig, path)

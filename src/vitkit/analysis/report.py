@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from vitkit.analysis.attention_distance import head_distances, patch_distances
+from vitkit.analysis.attention_distance import head_distances, patch_distances, uniform_attention_distance
 from vitkit.analysis.filters import filters_for_display, patch_embedding_components
 from vitkit.analysis.plots import plot_attention_distance, plot_filters, plot_posemb_similarity, plot_rollout
 from vitkit.analysis.posemb_similarity import patch_position_embeddings, position_similarity
@@ -27,16 +27,31 @@ def _rounded(t: torch.Tensor, decimals: int = 6) -> list:
     return t.double().round(decimals=decimals).tolist()
 
 
+def examples_across_classes(labels: torch.Tensor | None, count: int, total: int) -> list[int]:
+    """Indices of up to `count` of `total` images to show: without labels the first ones; with
+    labels one image of each class in turn (the first of every class in class order, then the
+    second of every class, ...), so that a few examples span the classes."""
+    if labels is None:
+        return list(range(min(count, total)))
+    members = [torch.nonzero(labels == c).flatten().tolist() for c in sorted(set(labels.tolist()))]
+    order = [m[rank] for rank in range(max(map(len, members), default=0)) for m in members if rank < len(m)]
+    return order[:count]
+
+
 @torch.no_grad()
 def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str | os.PathLike, *,
             num_components: int = 28, rollout_images: int = 8, batch_size: int = 32,
-            progress: bool = False, name: str | None = None) -> dict:
+            progress: bool = False, name: str | None = None, labels: torch.Tensor | None = None,
+            class_names: Sequence[str] | None = None) -> dict:
     """Write filters.png, posemb_similarity.png, attention_distance.png, rollout.png and
     analysis.json (the numbers behind each picture) to `out_dir`; return the JSON's content.
 
     `images` are uint8, (N, C, H, W) or a list of (C, H, W), resized to the model's input.
-    Mean attention distance averages over all of them; rollout.png shows the first
-    `rollout_images`. An analysis that does not apply to the model is skipped with a note.
+    Mean attention distance averages over all of them. rollout.png shows `rollout_images` of
+    them: with `labels` (one per image) one of each class in turn (examples_across_classes),
+    each captioned with its class (`class_names`, else the model's) and the prediction when it
+    differs; without, the first ones. An analysis that does not apply to the model is skipped
+    with a note.
     `name` heads the picture titles (default: the config's name).
     Images go through the model `batch_size` at a time, fewer when keeping the attention
     weights of a batch would exceed ATTENTION_BYTES_PER_BATCH.
@@ -99,22 +114,30 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     device = next(model.parameters()).device
     tokens = n + cfg.num_patches
     batch_size = max(1, min(batch_size, ATTENTION_BYTES_PER_BATCH // (4 * cfg.depth * cfg.num_heads * tokens**2)))
+    shown = examples_across_classes(labels, rollout_images, pixels.shape[0])
+    predicted = {}
     with Progress(pixels.shape[0], "attention", "img", quiet=not progress) as bar:
         for start in range(0, pixels.shape[0], batch_size):
             x = normalize(pixels[start:start + batch_size], cfg).to(device)
             out_i = model.forward_intermediates(x, attention=True)
             attn = [a.cpu() for a in out_i["attention"]]
             total += torch.stack([head_distances(a, n, distances).sum(dim=0) for a in attn])
-            if sum(len(m) for m in maps) < rollout_images:
-                maps.append(rollout_maps(attn, n, out_i["grid"], cfg.pool, pooled_patch_weights(model, out_i)))
+            rows = [i - start for i in shown if start <= i < start + x.shape[0]]
+            if rows:
+                batch_maps = rollout_maps(attn, n, out_i["grid"], cfg.pool, pooled_patch_weights(model, out_i))
+                maps += [(start + r, batch_maps[r]) for r in rows]
+                predicted.update((start + r, int(out_i["logits"][r].argmax())) for r in rows)
             bar.update(x.shape[0])
     mad = (total / pixels.shape[0]).float()
     h, w = cfg.image_size
+    uniform = uniform_attention_distance(cfg.grid_size, cfg.stem_stride)
     plot_attention_distance(mad, out / "attention_distance.png",
                             f"{model_name}: mean attention distance per head "
-                            f"({pixels.shape[0]} images)", max_distance=float((h**2 + w**2) ** 0.5))
+                            f"({pixels.shape[0]} images)", max_distance=float((h**2 + w**2) ** 0.5),
+                            uniform_distance=uniform)
     result["mean_attention_distance"] = mad.tolist()
     result["mean_attention_distance_units"] = "pixels of the model's input image"
+    result["uniform_attention_distance"] = uniform
     result["files"].append("attention_distance.png")
 
     if not maps:
@@ -122,11 +145,21 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
         result["notes"].append("rollout.png skipped: no images asked for (rollout_images=0)")
         write_json(out / "analysis.json", result)
         return result
-    maps = torch.cat(maps)[:rollout_images]
+    by_index = dict(maps)
+    maps = torch.stack([by_index[i] for i in shown])
     query = rollout_query(cfg.pool)
-    plot_rollout(pixels[:len(maps)], maps, out / "rollout.png",
-                 f"{model_name}: attention rollout ({query}; heat scaled to each map's maximum)")
-    result["rollout"] = {"query": query, "grid": list(cfg.grid_size), "maps": _rounded(maps, 8)}
+    names = list(cfg.class_names) or [str(k) for k in range(cfg.num_classes)]
+    result["rollout"] = {"query": query, "grid": list(cfg.grid_size), "images": shown,
+                         "predicted": [names[predicted[i]] for i in shown]}
+    captions = None
+    if labels is not None:
+        label_names = list(class_names or names)
+        truth = [label_names[int(labels[i])] for i in shown]
+        captions = [t if t == p else f"{t} (model: {p})" for t, p in zip(truth, result["rollout"]["predicted"])]
+        result["rollout"]["labels"] = truth
+    plot_rollout(pixels[shown], maps, out / "rollout.png",
+                 f"{model_name}: attention rollout ({query}; heat scaled to each map's maximum)", captions)
+    result["rollout"]["maps"] = _rounded(maps, 8)
     result["files"].append("rollout.png")
 
     write_json(out / "analysis.json", result)

@@ -44,17 +44,21 @@ def run(args) -> int:
             raise ConfigError("give --data or --images, not both")
         from vitkit.data import read_image_files
 
-        # Any size: the analysis resizes them to the model's input.
+        # Any size: the analysis resizes them to the model's input; their classes are unknown.
         images = read_image_files(args.images, 3, max_image_pixels=args.max_image_pixels)
-        source = f"{len(args.images)} image file(s)"
+        source, labels, class_names = f"{len(args.images)} image file(s)", None, None
     else:
         from vitkit.data import load_data
 
         spec = args.data or "digits"
-        images = load_data(spec, max_image_pixels=args.max_image_pixels).split(args.split).images[:args.num_images]
+        data = load_data(spec, max_image_pixels=args.max_image_pixels)
+        split = data.split(args.split)
+        # The rollout examples are drawn across the classes (analyze's labels).
+        images, labels, class_names = split.images[:args.num_images], split.labels[:args.num_images], data.class_names
         source = f"{spec} ({args.split} split, first {len(images)} images)"
     result = analyze(model, images, args.out, rollout_images=args.rollout_images,
-                     batch_size=args.batch_size, progress=not args.quiet, name=Path(args.checkpoint).name)
+                     batch_size=args.batch_size, progress=not args.quiet, name=Path(args.checkpoint).name,
+                     labels=labels, class_names=class_names)
     summary = {"out": str(args.out), "images": source, "files": result["files"], "notes": result["notes"],
                "mean_attention_distance": result["mean_attention_distance"]}
     if args.json:
