@@ -134,7 +134,8 @@ def collect(args: argparse.Namespace, dest_prefix: str) -> dict:
     return {k[len(dest_prefix):]: v for k, v in vars(args).items() if k.startswith(dest_prefix)}
 
 
-MODEL_FLAG_SKIP = ("image_size", "class_names", "name", "extra")
+# How a release resizes its images is read from its files, not set by hand.
+MODEL_FLAG_SKIP = ("image_size", "class_names", "name", "extra", "interpolation", "crop_pct", "crop_mode")
 MODEL_HELP = {
     "patch_size": "side of the square patches, in pixels",
     "in_chans": "input channels: 1 (grey) or 3 (RGB)",

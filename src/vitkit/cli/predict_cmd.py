@@ -9,7 +9,7 @@ import torch
 from vitkit.cli.main import print_json
 from vitkit.device import pick_device
 from vitkit.cli.options import add_image_limit_flag
-from vitkit.data import read_images
+from vitkit.data import read_image_files, read_images
 from vitkit.evaluate.preprocess import prepare_images
 from vitkit.errors import CheckpointError
 from vitkit.formats import image_format, load
@@ -38,9 +38,15 @@ def run(args) -> int:
         raise CheckpointError(f"{args.checkpoint} is a {kind} image, not a checkpoint: the checkpoint comes first, "
                               "then the images (vitkit predict CHECKPOINT IMAGE [IMAGE ...])") from None
     cfg = model.config
-    images = read_images(args.images, cfg.image_size, cfg.in_chans, max_image_pixels=args.max_image_pixels)
+    if cfg.interpolation is None:
+        images = read_images(args.images, cfg.image_size, cfg.in_chans, max_image_pixels=args.max_image_pixels)
+        pixels = prepare_images(images.to(device), cfg)
+    else:
+        # A released model is fed its release's resize and crop of each image at its own size.
+        images = read_image_files(args.images, cfg.in_chans, max_image_pixels=args.max_image_pixels)
+        pixels = prepare_images([image.to(device) for image in images], cfg)
     with torch.no_grad():
-        probs = model(prepare_images(images.to(device), cfg)).float().softmax(dim=-1).cpu()
+        probs = model(pixels).float().softmax(dim=-1).cpu()
     k = min(args.topk, probs.shape[1])
     names = list(cfg.class_names) or [str(i) for i in range(probs.shape[1])]
     results = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -47,12 +48,39 @@ def _resize_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 
 def fit_pixels(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """Float (N, C, H, W) pixels in [0, 1] -> the model's channel count and image size, as
-    `resize_images` does for uint8 (e.g. a teacher fed the student's augmented batch)."""
+    `resize_images` does for uint8 (e.g. a teacher fed the student's augmented batch). A model
+    whose config says how its release resized images (interpolation, crop_pct, crop_mode) is
+    resized and centre-cropped that way; others as vitkit always has."""
     x = _adapt_channels(pixels, cfg.in_chans)
+    if cfg.interpolation is not None:
+        return resize_and_crop(x, cfg)
     if tuple(x.shape[-2:]) != tuple(cfg.image_size):
         x = F.interpolate(x, size=cfg.image_size, mode="bilinear", align_corners=False,
                           antialias=True).clamp(0.0, 1.0)
     return x
+
+
+def resize_and_crop(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """timm's evaluation transform on float pixels: resize to image_size / crop_pct (floored, as
+    timm and DeiT compute it), then take the central image_size crop (rounded as torchvision's
+    CenterCrop). Bilinear and bicubic shrink with antialiasing, as Pillow does for timm and
+    transformers."""
+    h, w = cfg.image_size
+    # The small epsilon keeps sizes such as 240 / (240 / 272) at 272 despite rounding.
+    scaled = (math.floor(h / cfg.crop_pct + 1e-6), math.floor(w / cfg.crop_pct + 1e-6))
+    height, width = pixels.shape[-2:]
+    if cfg.crop_mode == "center":
+        factor = max(scaled[0] / height, scaled[1] / width)
+        # torchvision's Resize(int) gives the longer side int(size * long / short).
+        scaled = (max(scaled[0], int(height * factor)), max(scaled[1], int(width * factor)))
+    x = pixels
+    if tuple(x.shape[-2:]) != scaled:
+        smooth = cfg.interpolation in ("bilinear", "bicubic")
+        options = dict(align_corners=False, antialias=True) if smooth else {}
+        x = F.interpolate(x, size=scaled, mode=cfg.interpolation, **options).clamp(0.0, 1.0)
+    top = int(round((scaled[0] - h) / 2.0))
+    left = int(round((scaled[1] - w) / 2.0))
+    return x[..., top:top + h, left:left + w]
 
 
 def normalize(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:

@@ -19,6 +19,8 @@ POSEMBS = ("none", "learned1d", "learned2d", "sincos2d", "relative")
 POSEMB_WHERE = ("stem", "every_layer", "every_layer_shared")
 ACTS = ("gelu", "gelu_tanh")
 STEMS = ("patch", "resnet")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
+CROP_MODES = ("center", "squash")
 
 # Which placements each kind supports (paper appendix D.4, Table 8; "n/a" cells are refused).
 _WHERE_FOR_KIND = {
@@ -79,6 +81,13 @@ class ModelConfig:
     # The default maps [0, 1] to [-1, 1], as the official models do.
     input_mean: tuple[float, ...] = (0.5,)
     input_std: tuple[float, ...] = (0.5,)
+    # How a released model's evaluation images were resized, so that predict and eval feed it
+    # what it was trained on; None on all three for models trained here (vitkit's own resizing).
+    # Resample with `interpolation` to image_size / crop_pct: the shorter side, aspect kept, with
+    # crop_mode "center" (timm's default), both sides with "squash"; then crop the centre.
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    crop_mode: str | None = None
     class_names: tuple[str, ...] = ()
     name: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +97,8 @@ class ModelConfig:
         self.resnet_layers = tuple(int(n) for n in self.resnet_layers)
         self.input_mean = tuple(float(v) for v in self.input_mean)
         self.input_std = tuple(float(v) for v in self.input_std)
+        if self.crop_pct is not None:
+            self.crop_pct = float(self.crop_pct)
         self.class_names = tuple(str(v) for v in self.class_names)
         self.validate()
 
@@ -163,6 +174,14 @@ class ModelConfig:
                 raise ConfigError(f"{name} needs 1 or in_chans={self.in_chans} values")
         if any(s <= 0 for s in self.input_std):
             raise ConfigError("input_std values must be positive")
+        resizing = (self.interpolation, self.crop_pct, self.crop_mode)
+        if any(v is not None for v in resizing):
+            if any(v is None for v in resizing):
+                raise ConfigError("interpolation, crop_pct and crop_mode are set together or not at all")
+            choice("interpolation", INTERPOLATIONS)
+            choice("crop_mode", CROP_MODES)
+            if not 0.0 < self.crop_pct <= 1.0:
+                raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.class_names and self.num_classes and len(self.class_names) != self.num_classes:
             raise ConfigError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
         if self.norm_after_pool and (self.pool != "gap" or self.distill_token):
