@@ -138,3 +138,48 @@ def test_export_refuses_what_hf_cannot_express(tmp_path):
     with pytest.raises(CheckpointError, match="class token"):
         convert(src, tmp_path / "hf", "hf")
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("processor, expected", [
+    # ViTImageProcessor: squash to size, Pillow BILINEAR unless resample says otherwise.
+    ({"size": {"height": 32, "width": 32}}, ("bilinear", 1.0, "squash")),
+    ({"size": 32, "resample": 3}, ("bicubic", 1.0, "squash")),
+    # DeiT's processor: 256 then the central 224 (crop_pct 0.875).
+    ({"size": {"height": 256, "width": 256}, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+      "resample": 3}, ("bicubic", 0.875, "squash")),
+    ({"size": {"shortest_edge": 256}, "do_center_crop": True, "crop_size": 224}, ("bilinear", 0.875, "center")),
+    ({"do_resize": False}, (None, None, None)),
+])
+def test_preprocessor_config_sets_the_resize_and_crop(hf_classifier, processor, expected):
+    _, path = hf_classifier
+    (path / "preprocessor_config.json").write_text(json.dumps(processor))
+    cfg = vitkit.load(path).config
+    assert (cfg.interpolation, cfg.crop_pct, cfg.crop_mode) == expected
+
+
+def test_unknown_resample_filter_warns_and_resizes_bilinearly(hf_classifier):
+    _, path = hf_classifier
+    (path / "preprocessor_config.json").write_text(json.dumps({"size": 32, "resample": 1}))
+    with pytest.warns(UserWarning, match="resample=1 is a Pillow filter vitkit does not have"):
+        assert vitkit.load(path).config.interpolation == "bilinear"
+
+
+@pytest.mark.parametrize("processor, message", [
+    ({"size": {"width": 32}}, "size needs height and width, or shortest_edge"),
+    ({"size": -3}, "size must hold positive integers"),
+    ({"size": 32, "do_center_crop": True, "crop_size": 64}, "crop_size 64 is larger than size 32"),
+])
+def test_unreadable_preprocessor_sizes_are_named(hf_classifier, processor, message):
+    _, path = hf_classifier
+    (path / "preprocessor_config.json").write_text(json.dumps(processor))
+    with pytest.raises(CheckpointError, match=message):
+        vitkit.load(path)
+
+
+def test_export_keeps_the_resize_filter(tmp_path):
+    model = vitkit.create_model("custom", image_size=32, patch_size=8, width=32, depth=1, num_heads=4, mlp_dim=64,
+                                num_classes=3, interpolation="bicubic", crop_pct=1.0, crop_mode="squash")
+    vitkit.save(model, tmp_path / "m.safetensors")
+    convert(tmp_path / "m.safetensors", tmp_path / "hf", "hf")
+    assert json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())["resample"] == 3
+    assert vitkit.load(tmp_path / "hf").config.interpolation == "bicubic"

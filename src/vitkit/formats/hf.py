@@ -3,7 +3,8 @@
 ViTForImageClassification key layout (the latter under `vit.`, plus `classifier`).
 
 The architecture comes from config.json (hidden_act, layer_norm_eps: HF defaults to exact
-GELU and 1e-12), the input normalisation from preprocessor_config.json when present.
+GELU and 1e-12), the preprocessing (normalisation, resize filter and crop) from
+preprocessor_config.json when present.
 ViTModel's pooler (Dense + tanh on the class token) is vitkit's pre-logits layer.
 """
 
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,7 +51,7 @@ def is_hf_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as e:  # ValueError: undecodable, not JSON, huge numbers
@@ -62,7 +64,7 @@ def _read_json(path: Path) -> dict:
 _KINDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
 
 
-def _value(cfg: dict, key: str, default, kind, source: Path):
+def json_value(cfg: dict, key: str, default, kind, source: Path):
     """cfg[key] (or the default) if it is of `kind`: int, float (finite), bool or str."""
     value = cfg.get(key, default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -75,7 +77,7 @@ def _value(cfg: dict, key: str, default, kind, source: Path):
     return value
 
 
-def _numbers(cfg: dict, key: str, default, source: Path) -> tuple[float, ...]:
+def json_numbers(cfg: dict, key: str, default, source: Path) -> tuple[float, ...]:
     """A number or a list of numbers, as image_mean and image_std are written."""
     value = cfg.get(key, default)
     values = value if isinstance(value, (list, tuple)) else [value]
@@ -93,7 +95,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         return read_tensors(directory / "model.safetensors")
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map", {})
+        weight_map = read_json(index).get("weight_map", {})
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
         files = sorted(set(weight_map.values()))
@@ -111,12 +113,12 @@ def infer_config(hf: dict, tensors: dict, directory: Path, hints: dict) -> tuple
     config = directory / "config.json"
     if hf.get("model_type") != "vit":
         raise CheckpointError(f"{source}: config.json has model_type={hf.get('model_type')!r}, not 'vit'")
-    act = ACTS.get(_value(hf, "hidden_act", "gelu", str, config))
+    act = ACTS.get(json_value(hf, "hidden_act", "gelu", str, config))
     if act is None:
         raise CheckpointError(f"{source}: hidden_act={hf.get('hidden_act')!r} is not one vitkit has "
                               f"({', '.join(ACTS)})")
     prefix = "vit." if any(k.startswith("vit.") for k in tensors) else ""
-    depth = _value(hf, "num_hidden_layers", 12, int, config)
+    depth = json_value(hf, "num_hidden_layers", 12, int, config)
     layers = len({m.group(1) for k in tensors if (m := re.match(r"(?:vit\.)?encoder\.layer\.(\d+)\.", k))})
     if depth > layers:
         raise CheckpointError(f"{source}: config.json says num_hidden_layers={depth} but the weights hold "
@@ -125,12 +127,12 @@ def infer_config(hf: dict, tensors: dict, directory: Path, hints: dict) -> tuple
     if not (isinstance(image_size, int) or isinstance(image_size, list) and len(image_size) == 2):
         raise CheckpointError(f"{config}: image_size must be an integer or [height, width]")
     opts: dict = dict(
-        width=_value(hf, "hidden_size", 768, int, config), depth=depth,
-        num_heads=hints.get("num_heads") or _value(hf, "num_attention_heads", 12, int, config),
-        mlp_dim=_value(hf, "intermediate_size", 3072, int, config),
-        patch_size=_value(hf, "patch_size", 16, int, config), in_chans=_value(hf, "num_channels", 3, int, config),
-        image_size=image_size, qkv_bias=_value(hf, "qkv_bias", True, bool, config), act=act,
-        norm_eps=_value(hf, "layer_norm_eps", 1e-12, float, config),
+        width=json_value(hf, "hidden_size", 768, int, config), depth=depth,
+        num_heads=hints.get("num_heads") or json_value(hf, "num_attention_heads", 12, int, config),
+        mlp_dim=json_value(hf, "intermediate_size", 3072, int, config),
+        patch_size=json_value(hf, "patch_size", 16, int, config), in_chans=json_value(hf, "num_channels", 3, int, config),
+        image_size=image_size, qkv_bias=json_value(hf, "qkv_bias", True, bool, config), act=act,
+        norm_eps=json_value(hf, "layer_norm_eps", 1e-12, float, config),
         pool="token", posemb="learned1d", posemb_class_slot=True, name=directory.name)
     for name in ("pooler.dense.weight", "classifier.weight"):
         if name in tensors and tensors[name].ndim != 2:
@@ -149,20 +151,63 @@ def infer_config(hf: dict, tensors: dict, directory: Path, hints: dict) -> tuple
         opts["class_names"] = tuple(names)
     pre = directory / "preprocessor_config.json"
     if pre.is_file():
-        pre_cfg = _read_json(pre)
-        if _value(pre_cfg, "do_normalize", True, bool, pre):
-            opts["input_mean"] = _numbers(pre_cfg, "image_mean", 0.5, pre)
-            opts["input_std"] = _numbers(pre_cfg, "image_std", 0.5, pre)
-        else:
-            opts["input_mean"], opts["input_std"] = (0.0,), (1.0,)
+        opts.update(preprocessing(read_json(pre), pre))
     try:
         return ModelConfig.from_dict(opts), prefix
     except ConfigError as e:
         raise CheckpointError(f"{source}: config.json describes an invalid model: {e}") from None
 
 
+def preprocessing(pre: dict, source: Path) -> dict:
+    """ModelConfig options from a transformers image processor config: normalisation, and the
+    resize (ViTImageProcessor squashes to `size`; a centre crop where do_center_crop is set)."""
+    opts: dict = {}
+    if json_value(pre, "do_normalize", True, bool, source):
+        opts["input_mean"] = json_numbers(pre, "image_mean", 0.5, source)
+        opts["input_std"] = json_numbers(pre, "image_std", 0.5, source)
+    else:
+        opts["input_mean"], opts["input_std"] = (0.0,), (1.0,)
+    if not json_value(pre, "do_resize", True, bool, source):
+        return opts
+    # ViTImageProcessor's default resample is Pillow's BILINEAR.
+    resample = pre.get("resample", PILLOW_FILTERS["bilinear"])
+    interpolation = next((k for k, v in PILLOW_FILTERS.items() if v == resample and type(resample) is int), None)
+    if interpolation is None:
+        warnings.warn(f"{source}: resample={resample!r} is a Pillow filter vitkit does not have; "
+                      "images will be resized bilinearly", stacklevel=3)
+        interpolation = "bilinear"
+    mode, resized = _processor_size(pre.get("size", 224), "size", source)
+    crop = resized
+    if json_value(pre, "do_center_crop", False, bool, source):
+        crop = _processor_size(pre.get("crop_size", resized), "crop_size", source)[1]
+    if crop > resized:
+        raise CheckpointError(f"{source}: crop_size {crop} is larger than size {resized}")
+    return {**opts, "interpolation": interpolation, "crop_pct": crop / resized, "crop_mode": mode}
+
+
+# transformers writes `resample` as a Pillow filter number (BOX averages, as "area" does).
+PILLOW_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "area": 4}
+
+
+def _processor_size(value, key: str, source: Path) -> tuple[str, int]:
+    """(crop mode, height in pixels) of an image processor's size entry: an integer or height
+    and width (resized to exactly that, "squash"), or shortest_edge (aspect kept, "center")."""
+    def pixels(v) -> int:
+        if not (type(v) is int and 0 < v <= 1 << 16):
+            raise CheckpointError(f"{source}: {key} must hold positive integers, not {json.dumps(v)[:40]}")
+        return v
+
+    if isinstance(value, dict) and "shortest_edge" in value:
+        return "center", pixels(value["shortest_edge"])
+    if isinstance(value, dict) and "height" in value:
+        return "squash", pixels(value["height"])
+    if isinstance(value, dict):
+        raise CheckpointError(f"{source}: {key} needs height and width, or shortest_edge")
+    return "squash", pixels(value)
+
+
 def read(directory: Path, strict: bool = True, **hints):
-    hf = _read_json(directory / "config.json")
+    hf = read_json(directory / "config.json")
     tensors = read_weights(directory)
     cfg, prefix = infer_config(hf, tensors, directory, hints)
     state, skipped = to_vitkit(tensors, cfg, RULES, {"prefix": prefix}, "Hugging Face ViT", str(directory),
@@ -217,6 +262,8 @@ def write(model, directory: Path) -> dict:
         preprocessor = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
                         "size": {"height": h, "width": w}, "do_rescale": True, "rescale_factor": 1 / 255,
                         "do_normalize": True, "image_mean": mean, "image_std": std}
+        if cfg.interpolation is not None:
+            preprocessor["resample"] = PILLOW_FILTERS[cfg.interpolation]
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         old = None
         if directory.exists():
@@ -230,4 +277,7 @@ def write(model, directory: Path) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
     notes = [] if cfg.num_classes or cfg.representation_size else [
         "written as ViTModel without a pooler; from_pretrained adds a fresh pooler"]
+    if cfg.crop_pct not in (None, 1.0):
+        notes.append(f"ViTImageProcessor resizes without cropping; the model's centre crop "
+                     f"(crop_pct={cfg.crop_pct:g}) is not in preprocessor_config.json")
     return {"architecture": architecture, "tensors": len(tensors), "notes": notes}
