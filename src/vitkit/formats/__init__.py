@@ -4,10 +4,14 @@ Each foreign format lives in a module of its own (an explicit name table with sh
 checks, see names.py) that turns a file into (ModelConfig, vitkit state dict). `load`
 picks the module from the file itself:
 
+    directory with timm's Hub config.json           -> timm.py
     directory with config.json                      -> hf.py (Hugging Face ViT)
     .safetensors with a vitkit config in its header -> native.py
     .npz with embedding/kernel, Transformer/...     -> google_npz.py (original or big_vision)
     .safetensors / .pth / .pt / .bin state dict     -> timm.py, or hf.py by its key names
+
+A release name (pretrained.py), hf-hub:OWNER/REPO or a URL is first fetched into a cache
+(hub.py) and read from there.
 """
 
 from __future__ import annotations
@@ -173,19 +177,44 @@ def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
 
     `hints` settle what the tensors cannot say: num_heads (fused qkv), source_image_size
     (a non-square grid), posemb (a fixed embedding that is not stored). The metadata's
-    "skipped" lists foreign tensors left out when strict=False."""
-    path = Path(path)
-    cfg, state, meta = _read_any(path, strict, hints)
-    _check_values(state, path)
+    "skipped" lists foreign tensors left out when strict=False. `path` may also be a release
+    name (`vitkit models --pretrained`), hf-hub:OWNER/REPO[@REVISION][/FILE] or a URL."""
+    local, release = _locate(path)
+    cfg, state, meta = _read_any(local, strict, hints)
+    _check_values(state, local)
+    if release is not None:
+        cfg = release.apply(cfg, str(path))
+    elif meta.get("format") == "hf" and str(path).startswith("hf-hub:"):
+        cfg = cfg.replace(name=str(path).split("/")[1].split("@")[0])  # not the cache's commit folder
     return cfg, state, meta
 
 
+def _locate(path: str | os.PathLike):
+    """(local file or folder, release or None): an existing path as it is; a release name, a
+    Hub address or a URL fetched (a release is served from the cache once it is there)."""
+    from vitkit import hub, pretrained
+
+    if not isinstance(path, str) or os.path.exists(path):
+        return Path(path), None
+    release = pretrained.find(path)
+    if release is not None:
+        return hub.fetch(release.source, prefer_cache=True), release
+    if hub.is_remote(path):
+        return hub.fetch(path), None
+    if not re.search(r"[/\\]", path) and not Path(path).suffix:
+        raise CheckpointError(f"{path!r} is neither a checkpoint file nor a pretrained model name; "
+                              + pretrained.suggest(path))
+    return Path(path), None
+
+
 def _read_any(path: Path, strict: bool, hints: dict) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
-    from vitkit.formats import google_npz, hf
+    from vitkit.formats import google_npz, hf, timm
 
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     if path.is_dir():
+        if timm.is_hub_dir(path):
+            return timm.read_hub_dir(path, strict=strict, **hints)
         if hf.is_hf_dir(path):
             return hf.read(path, strict=strict, **hints)
         raise CheckpointError(f"{path} is a directory without config.json (expected a Hugging Face ViT)")

@@ -68,8 +68,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, batch: int 
 
     if to not in TARGETS:
         raise CheckpointError(f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
-    src, dst = Path(src), Path(dst)
-    if dst.resolve() == src.resolve():
+    dst = Path(dst)
+    if dst.resolve() == Path(src).resolve():
         raise CheckpointError(f"{dst} is the source file; choose another destination")
     model, meta = load_with_info(src, **overrides)
     if to == "vitkit":

@@ -5,11 +5,17 @@ differences are the table below. The fused qkv hides the head count: it comes fr
 `num_heads` override or the standard preset for the width. Numerics: exact GELU, LayerNorm
 epsilon 1e-6. GAP models normalise after pooling (`fc_norm`, vitkit's norm_after_pool);
 `no_embed_class` models have no class slot in `pos_embed` (posemb_class_slot=False).
+
+A folder as timm pushes a model to the Hugging Face Hub holds model.safetensors in these names
+and a config.json with `architecture`, `num_classes` and `pretrained_cfg` (input size,
+interpolation, crop_pct, crop_mode, mean, std), which becomes the model's preprocessing.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -111,6 +117,77 @@ def read(tensors: dict[str, torch.Tensor], source: str, strict: bool = True, **h
     cfg = infer_config(tensors, source, hints)
     state, skipped = to_vitkit(tensors, cfg, RULES, _values(cfg), "timm", source, strict)
     return cfg, state, {"format": "timm", "skipped": skipped}
+
+
+def is_hub_dir(path: Path) -> bool:
+    """A folder holding timm's Hub config.json (it names an `architecture`; transformers' names
+    a `model_type`)."""
+    config = path / "config.json"
+    if not (path.is_dir() and config.is_file()):
+        return False
+    try:
+        obj = json.loads(config.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False  # the transformers reader names what is wrong with it
+    return isinstance(obj, dict) and "architecture" in obj and "model_type" not in obj
+
+
+# timm's defaults for what a pretrained_cfg leaves out (timm/data/constants.py).
+DEFAULT_CROP_PCT = 0.875
+DEFAULT_CROP_MODE = "center"
+CROP_MODES = ("center", "squash")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def read_hub_dir(directory: Path, strict: bool = True, **hints):
+    from vitkit.formats.hf import read_json, read_weights
+
+    source = directory / "config.json"
+    config = read_json(source)
+    # The old form of the file keeps the pretrained_cfg fields at the top level.
+    pretrained = config.get("pretrained_cfg", config)
+    architecture = config.get("architecture")
+    if not isinstance(pretrained, dict) or not isinstance(architecture, str):
+        raise CheckpointError(f"{source}: architecture must be a string and pretrained_cfg a mapping")
+    model_args = config.get("model_args")
+    if isinstance(model_args, dict) and type(model_args.get("num_heads")) is int:
+        hints = {"num_heads": model_args["num_heads"], **hints}
+    cfg, state, meta = read(read_weights(directory), str(directory), strict=strict, **hints)
+    tag = pretrained.get("tag")
+    options = dict(hub_preprocessing(pretrained, source),
+                   name=f"{architecture}.{tag}" if isinstance(tag, str) and tag else architecture)
+    # timm's tags name the data a head was trained on last: "..._in1k" is ImageNet-1k.
+    if cfg.num_classes == 1000 and isinstance(tag, str) and tag.endswith("in1k"):
+        from vitkit.pretrained import imagenet_class_names
+
+        options["class_names"] = imagenet_class_names()
+    try:
+        cfg = cfg.replace(**options)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: pretrained_cfg describes invalid preprocessing: {e}") from None
+    return cfg, state, {**meta, "format": "timm-hub"}
+
+
+def hub_preprocessing(pretrained: dict, source: Path) -> dict:
+    """ModelConfig options from timm's pretrained_cfg: mean, std, and the evaluation resize."""
+    from vitkit.formats.hf import json_numbers, json_value
+
+    opts: dict = {}
+    for key, field in (("mean", "input_mean"), ("std", "input_std")):
+        if key in pretrained:
+            opts[field] = json_numbers(pretrained, key, None, source)
+    interpolation = json_value(pretrained, "interpolation", "bicubic", str, source)
+    if interpolation not in INTERPOLATIONS:
+        warnings.warn(f"{source}: interpolation={interpolation!r} is not one vitkit has; images will be "
+                      "resized bicubically", stacklevel=3)
+        interpolation = "bicubic"
+    crop_mode = json_value(pretrained, "crop_mode", DEFAULT_CROP_MODE, str, source)
+    if crop_mode not in CROP_MODES:
+        warnings.warn(f"{source}: crop_mode={crop_mode!r} is not one vitkit has; the centre crop is taken",
+                      stacklevel=3)
+        crop_mode = DEFAULT_CROP_MODE
+    crop_pct = json_value(pretrained, "crop_pct", DEFAULT_CROP_PCT, float, source)
+    return {**opts, "interpolation": interpolation, "crop_pct": crop_pct, "crop_mode": crop_mode}
 
 
 def write(model, path: Path) -> dict:
