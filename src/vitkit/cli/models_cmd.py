@@ -17,10 +17,14 @@ def register(sub, parent) -> None:
     p.add_argument("--image-size", type=int, default=224, help="input side in pixels (default 224)")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the head (default 1000)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--pretrained", action="store_true",
+                   help="list the released checkpoints `vitkit.load(NAME)` fetches instead")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.pretrained:
+        return run_pretrained(args)
     rows = []
     for name in list_models():
         cfg = preset_config(name, image_size=args.image_size, num_classes=args.num_classes)
@@ -40,4 +44,24 @@ def run(args) -> int:
               f"{r['gmacs']:>8.2f}")
     print("GFLOPs count a multiply-add as two FLOPs; GMACs count it once, as most published tables do "
           "(ViT-B/16 at 224: 17.6 GMACs, 35.1 GFLOPs).")
+    return 0
+
+
+def run_pretrained(args) -> int:
+    from vitkit.pretrained import RELEASES
+
+    rows = [release.row() for release in RELEASES.values()]
+    if args.json:
+        print_json({"pretrained": rows})
+        return 0
+    table = [(r["name"], _builds(r["preset"], r["options"]),
+              str(r["image_size"]), "" if r["num_classes"] is None else str(r["num_classes"]), r["params"] or "",
+              r["licence"], r["data"], r["source"]) for r in rows]
+    header = ("name", "builds", "res", "classes", "params", "licence", "data", "source")
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header) - 1)]
+    for row in [header, *table]:
+        print("  ".join(cell.rjust(w) if i in (2, 3, 4) else cell.ljust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths))) + "  " + row[-1])
+    print("`vitkit.load(NAME)` (or NAME wherever a checkpoint is taken) downloads one once; --json adds "
+          "each entry's preprocessing and the documents its facts come from (docs/formats.md).")
     return 0
