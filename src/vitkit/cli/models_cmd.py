@@ -65,3 +65,11 @@ def run_pretrained(args) -> int:
     print("`vitkit.load(NAME)` (or NAME wherever a checkpoint is taken) downloads one once; --json adds "
           "each entry's preprocessing and the documents its facts come from (docs/formats.md).")
     return 0
+
+
+def _builds(preset: str, options: dict) -> str:
+    """The preset and the options that change what it builds, briefly (--json has them all)."""
+    shown = {k: v for k, v in options.items() if k != "posemb_class_slot"
+             and not (k == "patch_size" and options.get("stem") == "resnet")}
+    return " ".join([preset, *(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                               for k, v in shown.items())])
