@@ -320,3 +320,18 @@ def test_the_printed_address_and_which_hosts_count_as_this_machine():
     assert page_address("::1", 5) == "http://[::1]:5/"
     assert [_is_loopback(h) for h in ("127.0.0.1", "127.3.4.5", "::1", "localhost", "0.0.0.0", "192.168.1.2",
                                       "example.org")] == [True, True, True, True, False, False, False]
+
+
+def test_an_upload_without_a_length_gets_411_and_the_server_goes_on(token_server):
+    import http.client
+
+    server, client = token_server
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+    connection.putrequest("POST", "/api/predict")
+    connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
+    connection.close()
+    assert client.predict(write_png_bytes()).status == 200
