@@ -101,3 +101,17 @@ def test_exact_gelu_model_exported_to_npz_is_flagged(tmp_path):
     report = convert(tmp_path / "m.safetensors", tmp_path / "m.npz", "npz")
     assert report["max_rel_diff"] <= TOL
     assert any("tanh GELU" in note for note in report["notes"])
+
+
+def test_onnx_without_the_exporter_packages_names_the_extra(google_npz, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "onnxscript" else find_spec(name, *a, **k))
+    src, _ = google_npz
+    assert main(["convert", str(src), str(tmp_path / "m.onnx"), "--to", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "onnxscript" in err and "pip install 'vitkit[onnx]'" in err
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*.tmp"))

@@ -15,6 +15,7 @@ gives `vitkit predict`'s probabilities):
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -67,7 +68,15 @@ def _describe(cfg) -> str:
             f"in the order of metadata {META_CLASSES}. Details: metadata {META_INPUT}.")
 
 
+# torch's exporter writes the graph with these; `pip install vitkit` does not bring them.
+EXPORT_PACKAGES = ("onnx", "onnxscript")
+
+
 def write(model, path: Path, opset: int | None = None) -> dict:
+    absent = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    if absent:
+        raise CheckpointError(f"ONNX export needs {' and '.join(absent)}, which is not installed; "
+                              "pip install 'vitkit[onnx]'")
     cfg = model.config
     model = model.eval()
     example = torch.zeros(2, cfg.in_chans, *cfg.image_size)
