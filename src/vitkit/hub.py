@@ -6,10 +6,11 @@
 
 The Hub goes through huggingface_hub, with its cache, revisions, tokens and settings
 (HF_ENDPOINT, HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_HUB_OFFLINE), read at each call so that a
-notebook may set them after import. A URL is downloaded once into vitkit's cache
-(VITKIT_CACHE, else $XDG_CACHE_HOME/vitkit or ~/.cache/vitkit) under a folder named by the
-URL's hash, so two files of one name from different places never collide; it is never asked
-for again. VITKIT_OFFLINE=1 or HF_HUB_OFFLINE=1 serves both from the caches only.
+notebook may set them after import. A URL is downloaded once into vitkit's download cache
+($VITKIT_DOWNLOAD_DIR, else $XDG_CACHE_HOME/vitkit/downloads or ~/.cache/vitkit/downloads,
+beside the feature cache) under a folder named by the URL's hash, so two files of one name from
+different places never collide; it is never asked for again. VITKIT_OFFLINE=1 or
+HF_HUB_OFFLINE=1 serves both from the caches only.
 
 Every failure is one DownloadError naming the problem and the way out, and leaves nothing
 half-written in either cache: downloads go to a temporary name and are checked (length,
@@ -37,7 +38,7 @@ from vitkit.io import atomic_path
 
 HUB_PREFIX = "hf-hub:"
 URL_PREFIXES = ("https://", "http://")
-CACHE_VARIABLE = "VITKIT_CACHE"
+DOWNLOAD_DIR_VARIABLE = "VITKIT_DOWNLOAD_DIR"
 OFFLINE_VARIABLES = ("VITKIT_OFFLINE", "HF_HUB_OFFLINE")
 # Seconds a connection or a read may stall before the download counts as failed.
 TIMEOUT = 60
@@ -73,12 +74,12 @@ def offline() -> str | None:
     return None
 
 
-def cache_dir() -> Path:
+def download_dir() -> Path:
     """vitkit's download cache (URLs; the Hub keeps its own)."""
-    if os.environ.get(CACHE_VARIABLE):
-        return Path(os.environ[CACHE_VARIABLE]).expanduser()
+    if os.environ.get(DOWNLOAD_DIR_VARIABLE):
+        return Path(os.environ[DOWNLOAD_DIR_VARIABLE]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "vitkit"
+    return Path(base).expanduser() / "vitkit" / "downloads"
 
 
 # ----------------------------------------------------------------------------- URLs
@@ -89,7 +90,7 @@ def url_cache_path(url: str) -> Path:
     name = unquote(urlsplit(url).path.rsplit("/", 1)[-1]).replace("/", "_").replace("\\", "_")
     if name in ("", ".", ".."):
         name = "download"
-    return cache_dir() / "urls" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    return download_dir() / hashlib.sha256(url.encode()).hexdigest()[:16] / name
 
 
 def fetch_url(url: str, *, sha256: str | None = None, size: int | None = None) -> Path:
@@ -105,7 +106,7 @@ def fetch_url(url: str, *, sha256: str | None = None, size: int | None = None) -
         return target
     switch = offline()
     if switch:
-        raise DownloadError(f"{url} is not in vitkit's cache ({target.parent}) and {switch} is set; unset it "
+        raise DownloadError(f"{url} is not in vitkit's download cache ({target.parent}) and {switch} is set; unset it "
                             "to download, or put the file there")
     try:
         _download(url, target, sha256, size)

@@ -11,7 +11,7 @@ def hub(tmp_path, monkeypatch):
     for name in ("HF_HUB_OFFLINE", "VITKIT_OFFLINE", "HF_TOKEN", "HF_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "vitkit-cache"))
+    monkeypatch.setenv("VITKIT_DOWNLOAD_DIR", str(tmp_path / "vitkit-cache"))
     # huggingface_hub backs off for up to half a minute before it gives up on a server error or a
     # dead connection; the tests need its decisions, not its waiting.
     monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)

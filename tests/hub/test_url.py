@@ -48,7 +48,7 @@ def test_download_once_then_served_from_the_cache(bucket, tmp_path, images):
         assert rel_diff(model(images), ref) <= TOL
     assert model.config.stem == "resnet" and model.config.name == "R50+ViT-B_16"
     cached = vhub.url_cache_path(url)
-    assert cached.parent.parent == tmp_path / "vitkit-cache" / "urls" and cached.name == "R50+ViT-B_16.npz"
+    assert cached.parent.parent == tmp_path / "vitkit-cache" and cached.name == "R50+ViT-B_16.npz"
     assert cached.read_bytes() == server.files[path]
     assert server.gets() == [path]
 
@@ -62,7 +62,7 @@ def test_download_once_then_served_from_the_cache(bucket, tmp_path, images):
 def test_offline_mode_uses_the_cache_and_refuses_what_is_not_there(bucket, monkeypatch, images):
     server, url, _, _ = bucket
     monkeypatch.setenv("VITKIT_OFFLINE", "1")
-    with pytest.raises(DownloadError, match="not in vitkit's cache .* VITKIT_OFFLINE is set; unset it"):
+    with pytest.raises(DownloadError, match="not in vitkit's download cache .* VITKIT_OFFLINE is set; unset it"):
         vitkit.load(url)
     assert server.requests == []
     monkeypatch.delenv("VITKIT_OFFLINE")
@@ -129,9 +129,9 @@ def test_cli_reports_a_download_error_in_one_line_and_exits_2(hub, tmp_path, cap
     assert err.count("\n") == 1 and err.startswith("vitkit predict: error: ") and "HTTP 404" in err
 
 
-def test_cache_location_follows_vitkit_cache_and_xdg(monkeypatch, tmp_path):
-    monkeypatch.delenv("VITKIT_CACHE", raising=False)
+def test_download_cache_location_follows_its_variable_and_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("VITKIT_DOWNLOAD_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert vhub.cache_dir() == tmp_path / "xdg" / "vitkit"
-    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "elsewhere"))
-    assert vhub.cache_dir() == tmp_path / "elsewhere"
+    assert vhub.download_dir() == tmp_path / "xdg" / "vitkit" / "downloads"
+    monkeypatch.setenv("VITKIT_DOWNLOAD_DIR", str(tmp_path / "elsewhere"))
+    assert vhub.download_dir() == tmp_path / "elsewhere"
