@@ -130,7 +130,8 @@ def infer_config(hf: dict, tensors: dict, directory: Path, hints: dict) -> tuple
         width=json_value(hf, "hidden_size", 768, int, config), depth=depth,
         num_heads=hints.get("num_heads") or json_value(hf, "num_attention_heads", 12, int, config),
         mlp_dim=json_value(hf, "intermediate_size", 3072, int, config),
-        patch_size=json_value(hf, "patch_size", 16, int, config), in_chans=json_value(hf, "num_channels", 3, int, config),
+        patch_size=json_value(hf, "patch_size", 16, int, config),
+        in_chans=json_value(hf, "num_channels", 3, int, config),
         image_size=image_size, qkv_bias=json_value(hf, "qkv_bias", True, bool, config), act=act,
         norm_eps=json_value(hf, "layer_norm_eps", 1e-12, float, config),
         pool="token", posemb="learned1d", posemb_class_slot=True, name=directory.name)
