@@ -226,6 +226,9 @@ def fetch_hub(spec: str, *, prefer_cache: bool = False) -> Path:
     if config_path is None:
         return hub.file(hub.only_npz())
     config = _json(config_path, spec)
+    if config.get("model_type", "vit") != "vit":  # refused before gigabytes of weights are fetched
+        raise DownloadError(f"{spec} holds a transformers {config['model_type']!r} model; vitkit reads ViT repos "
+                            "(model_type 'vit'), timm repos and repos holding an .npz")
     for name in HUB_WEIGHTS:
         weights = hub.file(name, optional=True)
         if weights is not None:

@@ -183,6 +183,14 @@ def test_failures_are_one_line_leave_the_cache_clean_and_recover(transformers_re
     assert_clean(tmp_path / "hf-cache")
 
 
+def test_a_transformers_model_of_another_type_is_refused_before_its_weights_are_fetched(hub):
+    hub.add_repo("facebook/deit", {"config.json": json.dumps({"model_type": "deit"}).encode(),
+                                   "model.safetensors": b"not fetched"})
+    with pytest.raises(DownloadError, match="holds a transformers 'deit' model; vitkit reads ViT repos"):
+        vitkit.load("hf-hub:facebook/deit")
+    assert hub.gets() == ["/facebook/deit/resolve/main/config.json"]
+
+
 def test_no_network_and_offline_with_an_empty_cache(transformers_repo, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(DownloadError, match=r"cannot reach http://127.0.0.1:9 .*set HF_HUB_OFFLINE=1"):
