@@ -122,6 +122,7 @@ def test_an_unknown_name_gets_the_closest_release_names():
 
 
 def test_models_pretrained_lists_every_entry(capsys):
+    assert vitkit.list_pretrained() == list(RELEASES)
     assert main(["models", "--pretrained", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["pretrained"]
     assert [r["name"] for r in rows] == list(RELEASES)
