@@ -12,7 +12,7 @@ file_download.get_hf_file_metadata and http_get, hf_api.list_repo_tree):
 
 and any other path as a plain file (the bucket). Faults are switched on per path ("truncate":
 half the bytes, "corrupt": the right length but other bytes, "error": HTTP 503), and every
-request is logged as (method, path).
+request is logged as (method, path), with its Authorization header.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class FakeHub:
         self.files: dict[str, bytes] = {}
         self.faults: dict[str, str] = {}
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[str | None] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -86,6 +87,7 @@ def _handler(hub: FakeHub):
         def _answer(self, body: bool) -> None:
             path = unquote(urlsplit(self.path).path)
             hub.requests.append((self.command, path))
+            hub.authorizations.append(self.headers.get("Authorization"))
             tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)", path)
             resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             if tree:

@@ -90,6 +90,16 @@ def test_second_load_uses_the_cache(transformers_repo, hub, monkeypatch, images)
         assert torch.equal(pinned(images), first(images)) and torch.equal(offline(images), first(images))
 
 
+def test_the_token_and_hf_home_are_honoured(transformers_repo, hub, monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    vitkit.load("hf-hub:google/tiny-vit")
+    assert set(hub.authorizations) == {"Bearer hf_secret"}
+    assert (tmp_path / "hf-home" / "hub" / "models--google--tiny-vit").is_dir()
+    assert not (tmp_path / "hf-cache").exists()
+
+
 def timm_repo_files(tag: str, classes: int, distilled: bool = False) -> tuple[dict, dict]:
     state = make_state(seed=3, width=32, classes=classes, patch=8, grid=(4, 4), distilled=distilled)
     config = {"architecture": "vit_tiny_patch8_32", "num_classes": classes, "num_features": 32,
