@@ -95,15 +95,16 @@ def measure(name: str, repeats: int, concurrent: int) -> dict:
     host, port = url.hostname, url.port
     try:
         image = _png(0)
-        answer = _post(host, port, image)
-        token = 1 + len(answer["rollout"][0]) * 7 + 7  # a patch near the middle
+        # The click asks about the latest answer: the server keeps only the most recent images.
+        latest = _post(host, port, image)
+        token = 1 + len(latest["rollout"][0]) * 7 + 7  # a patch near the middle
         burst = [_png(seed) for seed in range(1, concurrent + 1)]
         with torch.no_grad():
             calls = {
                 "plain forward": lambda: model(x),
                 "forward with attention": lambda: model.forward_intermediates(x, attention=True),
-                "POST /api/predict": lambda: _post(host, port, image),
-                "GET /api/attention": lambda: _request(host, port, "GET", f"/api/attention/{answer['id']}?token={token}"),
+                "POST /api/predict": lambda: latest.update(_post(host, port, image)),
+                "GET /api/attention": lambda: _request(host, port, "GET", f"/api/attention/{latest['id']}?token={token}"),
                 f"{concurrent} requests at once": lambda: _concurrent(host, port, burst),
             }
             times = medians(calls, repeats)
