@@ -4,7 +4,7 @@ a release's model is resized and cropped as its release does (timm's evaluation 
 import torch
 import torch.nn.functional as F
 
-from vitkit.evaluate.preprocess import fit_pixels, prepare_images, resize_images
+from vitkit.evaluate.preprocess import fit_pixels, prepare_images, resize_and_crop, resize_images
 from vitkit.models.config import ModelConfig
 
 SMALL = dict(patch_size=8, width=32, depth=1, num_heads=4, mlp_dim=64, num_classes=3)
@@ -42,14 +42,14 @@ def test_center_mode_scales_the_shorter_side_and_takes_the_middle():
     # 8..23 and columns 24..39 of that. Away from the borders a ramp resamples to the source
     # coordinate each output pixel's centre maps to (within 0.05 pixels: the anti-aliasing
     # filter's taps are not symmetric about every centre); a wrong offset is a pixel or more.
-    out = fit_pixels(ramp(40, 80), released("center", 0.5))
+    out = resize_and_crop(ramp(40, 80), released("center", 0.5))
     k = torch.arange(16, dtype=torch.float64)
     assert torch.allclose(out[0, 0, 0], ((k + 24.5) * 80 / 64 - 0.5) / 100, atol=PIXEL_TOLERANCE)
     assert torch.allclose(out[0, 1, :, 0], ((k + 8.5) * 40 / 32 - 0.5) / 100, atol=PIXEL_TOLERANCE)
 
 
 def test_squash_mode_scales_both_sides():
-    out = fit_pixels(ramp(40, 80), released("squash", 0.5))
+    out = resize_and_crop(ramp(40, 80), released("squash", 0.5))
     k = torch.arange(16, dtype=torch.float64)
     assert torch.allclose(out[0, 0, 0], ((k + 8.5) * 80 / 32 - 0.5) / 100, atol=PIXEL_TOLERANCE)
     assert torch.allclose(out[0, 1, :, 0], ((k + 8.5) * 40 / 32 - 0.5) / 100, atol=PIXEL_TOLERANCE)
@@ -59,7 +59,7 @@ def test_whole_image_squashed_without_a_crop_is_a_plain_resize():
     cfg = released("squash", 1.0, "bicubic")
     x = torch.rand(2, 3, 30, 50, generator=torch.Generator().manual_seed(1))
     expected = F.interpolate(x, size=(16, 16), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    assert torch.equal(fit_pixels(x, cfg), expected)
+    assert torch.equal(resize_and_crop(x, cfg), expected)
 
 
 def test_crop_sizes_are_floored_as_timm_and_deit_compute_them(monkeypatch):
@@ -70,7 +70,7 @@ def test_crop_sizes_are_floored_as_timm_and_deit_compute_them(monkeypatch):
         cfg = ModelConfig(image_size=size, interpolation="bicubic", crop_pct=crop_pct, crop_mode="squash",
                           **{**SMALL, "patch_size": 16})
         seen.clear()
-        assert fit_pixels(torch.rand(1, 3, 300, 300), cfg).shape == (1, 3, size, size)
+        assert resize_and_crop(torch.rand(1, 3, 300, 300), cfg).shape == (1, 3, size, size)
         assert seen == [(scaled, scaled)]
 
 
@@ -82,3 +82,15 @@ def test_batches_and_lists_of_images_are_preprocessed_alike():
     assert as_batch.shape == (2, 3, 16, 16)
     assert torch.equal(as_batch, resize_images(list(batch), cfg))
     assert float(as_batch.min()) >= 0.0 and float(as_batch.max()) <= 1.0
+
+
+def test_images_at_the_model_size_and_a_teachers_input_are_taken_as_they_are():
+    # A run's training split is read at the model's size and then not resized again; its
+    # validation and test images must not be cropped where the training images are not.
+    cfg = released("center", 0.875, "bicubic")
+    at_size = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(resize_images(at_size, cfg), at_size.float() / 255.0)
+    # A teacher sees the student's whole augmented batch, only resized to its own input size.
+    batch = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(4))
+    expected = F.interpolate(batch, size=(16, 16), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    assert torch.equal(fit_pixels(batch, cfg), expected)

@@ -28,8 +28,9 @@ def resize_images(images: torch.Tensor | Sequence[torch.Tensor], cfg: ModelConfi
     """(N, in_chans, H, W) float pixels in [0, 1] at the model's image size.
 
     `images` is a uint8 (N, C, H, W) tensor or a list of uint8 (C, H, W) tensors of any sizes.
-    Other sizes are resized bilinearly; grey becomes RGB by repetition, RGB becomes grey by the
-    channel mean.
+    Other sizes are resized bilinearly, or as the model's release resized its images (its
+    config's interpolation, crop_pct, crop_mode); grey becomes RGB by repetition, RGB becomes
+    grey by the channel mean.
     """
     if isinstance(images, torch.Tensor):
         if images.dim() != 4:
@@ -43,17 +44,19 @@ def resize_images(images: torch.Tensor | Sequence[torch.Tensor], cfg: ModelConfi
 def _resize_batch(images: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     if images.dtype != torch.uint8:
         raise DataError(f"expected uint8 images, got {images.dtype}")
-    return fit_pixels(images.float() / 255.0, cfg)
+    pixels = images.float() / 255.0
+    # A released model's images are resized and cropped as its release does; images already at
+    # the model's size are taken as prepared (a data set read at that size, a run's training split).
+    if cfg.interpolation is not None and tuple(images.shape[-2:]) != tuple(cfg.image_size):
+        return resize_and_crop(_adapt_channels(pixels, cfg.in_chans), cfg)
+    return fit_pixels(pixels, cfg)
 
 
 def fit_pixels(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """Float (N, C, H, W) pixels in [0, 1] -> the model's channel count and image size, as
-    `resize_images` does for uint8 (e.g. a teacher fed the student's augmented batch). A model
-    whose config says how its release resized images (interpolation, crop_pct, crop_mode) is
-    resized and centre-cropped that way; others as vitkit always has."""
+    `resize_images` does for uint8 (e.g. a teacher fed the student's augmented batch, which it
+    sees whole, released model or not)."""
     x = _adapt_channels(pixels, cfg.in_chans)
-    if cfg.interpolation is not None:
-        return resize_and_crop(x, cfg)
     if tuple(x.shape[-2:]) != tuple(cfg.image_size):
         x = F.interpolate(x, size=cfg.image_size, mode="bilinear", align_corners=False,
                           antialias=True).clamp(0.0, 1.0)
