@@ -25,7 +25,7 @@ from vitkit.io import atomic_path
 from vitkit.progress import Progress
 
 # Bumped whenever what is stored changes meaning (e.g. the preprocessing).
-FEATURE_VERSION = "pre_logits-1"
+FEATURE_VERSION = "pre_logits-2"  # 2: released models resized and cropped as their release does
 
 _hash_memo: dict[tuple[str, int, int], str] = {}
 
