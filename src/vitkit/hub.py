@@ -55,15 +55,14 @@ def is_remote(spec: str) -> bool:
     return spec.startswith((HUB_PREFIX, *URL_PREFIXES))
 
 
-def fetch(spec: str, *, sha256: str | None = None, size: int | None = None, prefer_cache: bool = False) -> Path:
+def fetch(spec: str, *, prefer_cache: bool = False) -> Path:
     """The local file or folder that `spec` (hf-hub:... or a URL) names, downloaded if needed.
 
-    `sha256` and `size` check a URL's file where they are known. With `prefer_cache`, Hub files
-    already cached are used without asking the Hub for a newer commit (a fixed release); by
-    default a branch is followed as transformers and timm follow it."""
+    With `prefer_cache`, Hub files already cached are used without asking the Hub for a newer
+    commit (a fixed release); by default a branch is followed as transformers and timm follow it."""
     if spec.startswith(HUB_PREFIX):
         return fetch_hub(spec, prefer_cache=prefer_cache)
-    return fetch_url(spec, sha256=sha256, size=size)
+    return fetch_url(spec)
 
 
 def offline() -> str | None:
@@ -93,14 +92,16 @@ def url_cache_path(url: str) -> Path:
     return download_dir() / hashlib.sha256(url.encode()).hexdigest()[:16] / name
 
 
-def fetch_url(url: str, *, sha256: str | None = None, size: int | None = None) -> Path:
+def fetch_url(url: str) -> Path:
+    """The cached file of `url`, downloaded first if it is not there; a #sha256=HEX fragment is
+    checked against the download."""
     url, _, fragment = url.partition("#")
+    sha256 = None
     if fragment:
         match = re.fullmatch(r"sha256=([0-9a-fA-F]{64})", fragment)
         if match is None:
             raise DownloadError(f"{url}#{fragment}: the only fragment vitkit reads is #sha256=<64 hex digits>")
-        sha256 = match.group(1)
-    sha256 = sha256.lower() if sha256 else None
+        sha256 = match.group(1).lower()
     target = url_cache_path(url)
     if target.is_file():
         return target
@@ -109,7 +110,7 @@ def fetch_url(url: str, *, sha256: str | None = None, size: int | None = None) -
         raise DownloadError(f"{url} is not in vitkit's download cache ({target.parent}) and {switch} is set; unset it "
                             "to download, or put the file there")
     try:
-        _download(url, target, sha256, size)
+        _download(url, target, sha256)
     except BaseException:
         with contextlib.suppress(OSError):
             target.parent.rmdir()  # the folder made for it, left empty
@@ -117,7 +118,7 @@ def fetch_url(url: str, *, sha256: str | None = None, size: int | None = None) -
     return target
 
 
-def _download(url: str, target: Path, sha256: str | None, size: int | None) -> None:
+def _download(url: str, target: Path, sha256: str | None) -> None:
     from vitkit import __version__
 
     host = urlsplit(url).netloc or url
@@ -129,7 +130,7 @@ def _download(url: str, target: Path, sha256: str | None, size: int | None) -> N
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise DownloadError(f"cannot reach {host} to download {url} ({reason}); check the network and proxy, "
-                            f"or set VITKIT_OFFLINE=1 to use only files already cached") from None
+                            "or set VITKIT_OFFLINE=1 to use only files already cached") from None
     with response:
         declared = response.headers.get("Content-Length")
         declared = int(declared) if declared and declared.isdigit() else None
@@ -137,15 +138,14 @@ def _download(url: str, target: Path, sha256: str | None, size: int | None) -> N
         received = 0
         try:
             with atomic_path(target) as tmp:
-                with open(tmp, "wb") as out, _progress(size or declared, target.name) as bar:
+                with open(tmp, "wb") as out, _progress(declared, target.name) as bar:
                     while chunk := response.read(_CHUNK):
                         out.write(chunk)
                         digest.update(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
-                expected = size if size is not None else declared
-                if expected is not None and received != expected:
-                    raise DownloadError(f"the download of {url} stopped after {received:,} of {expected:,} bytes; "
+                if declared is not None and received != declared:
+                    raise DownloadError(f"the download of {url} stopped after {received:,} of {declared:,} bytes; "
                                         "run the command again")
                 if sha256 and digest.hexdigest() != sha256:
                     raise DownloadError(f"the download of {url} is corrupt: its sha256 is {digest.hexdigest()}, "
