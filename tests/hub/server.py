@@ -128,8 +128,9 @@ def _handler(hub: FakeHub):
             if fault == "error":
                 return self._fail(503)
             sent = data
-            if body and fault == "corrupt":
-                sent = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
+            if body and fault == "corrupt":  # bytes flipped inside the data, the framing intact
+                middle = len(data) // 2
+                sent = data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + data[middle + 64:]
             length = len(data)
             if body and fault == "truncate":
                 sent = data[:len(data) // 2]

@@ -97,7 +97,7 @@ def test_sha256_in_the_fragment_is_checked(bucket, tmp_path):
 
 @pytest.mark.parametrize("fault, message", [
     ("truncate", r"stopped after [\d,]+ of [\d,]+ bytes; run the command again"),
-    ("corrupt", r"is corrupt \(member .* fails its CRC check\); run the command again"),
+    ("corrupt", r"is corrupt \(.*Bad CRC-32.*\); run the command again"),
     ("error", r"failed with a server error \(HTTP 503\) .*; try again later"),
 ])
 def test_failed_downloads_leave_nothing_and_the_next_call_succeeds(bucket, tmp_path, fault, message):
