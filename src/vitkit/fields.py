@@ -1,6 +1,7 @@
 """Type checks of untrusted values (a config file, a checkpoint header) against the field
 annotations of a config dataclass, before the dataclass is built from them: a wrong type is
-one ConfigError naming the field, never a TypeError or ValueError from deep inside."""
+one ConfigError naming the field (a ConfigTypeError, so also the TypeError Python's own
+functions raise for an argument of the wrong type), never an error from deep inside."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import types
 import typing
 from typing import Any
 
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigTypeError
 
 
 def _fits(value: Any, hint) -> bool:
@@ -64,15 +65,15 @@ def _describe(hint) -> str:
 
 def check_fields(cls, values: Any, what: str) -> dict:
     """`values` if it is a mapping of `cls`'s field names to values of the annotated types
-    (floats finite); otherwise a ConfigError naming the first offending key."""
+    (floats finite); otherwise a ConfigTypeError naming the first offending key."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{what} must be a mapping of option: value, not {type(values).__name__}")
+        raise ConfigTypeError(f"{what} must be a mapping of option: value, not {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(k if isinstance(k, str) and k.isprintable() else repr(k) for k in values if k not in known)
     if unknown:
-        raise ConfigError(f"unknown {what} option(s): {', '.join(unknown)}")
+        raise ConfigTypeError(f"unknown {what} option(s): {', '.join(unknown)}")
     for name, value in values.items():
         if not _fits(value, hints[name]):
-            raise ConfigError(f"{what} option {name} must be {_describe(hints[name])}, not {_short(value)}")
+            raise ConfigTypeError(f"{what} option {name} must be {_describe(hints[name])}, not {_short(value)}")
     return values

@@ -136,6 +136,25 @@ def test_native_round_trip_and_overrides(tmp_path):
         vitkit.load(tmp_path / "m.safetensors", no_such_option=1)
 
 
+@pytest.mark.parametrize("arguments, error, message", [
+    # num_classes="5" reached reset_head: TypeError "'<' not supported between 'str' and 'int'".
+    (dict(num_classes="5"), TypeError, "load option num_classes must be int, not '5'"),
+    (dict(image_size="ab"), TypeError, "load option image_size must be"),
+    (dict(patch_size=8.0), TypeError, "load option patch_size must be int"),
+    (dict(num_classes=-1), ValueError, "cannot apply num_classes=-1 to .*num_classes must be >= 0"),
+    (dict(image_size=36), ValueError, "cannot apply image_size=36 to .*not a multiple of the stride 8"),
+])
+def test_regression_load_arguments_of_the_wrong_type_or_value(tmp_path, arguments, error, message):
+    from vitkit.errors import ConfigError
+
+    vitkit.save(vitkit.create_model(image_size=32, patch_size=8, width=32, depth=1, num_heads=4, mlp_dim=64,
+                                    num_classes=3), tmp_path / "m.safetensors")
+    with pytest.raises(error, match=message) as refused:
+        vitkit.load(tmp_path / "m.safetensors", **arguments)
+    assert isinstance(refused.value, ConfigError)
+    assert vitkit.load(tmp_path / "m.safetensors", num_classes=None, image_size=None).config.num_classes == 3
+
+
 @pytest.mark.parametrize("suffix, kind", [(".png", "PNG"), (".jpg", "JPEG"), (".gif", "GIF"), (".bmp", "BMP"),
                                           (".tiff", "TIFF"), (".webp", "WebP"), (".ppm", "PNM")])
 def test_an_image_where_a_checkpoint_belongs_is_named_for_what_it_is(tmp_path, suffix, kind):

@@ -17,7 +17,7 @@ import vitkit
 from vitkit.errors import CheckpointError
 from vitkit.train.state import check_fits_optimizer, load_training_state
 
-from .harness import damaged, json_paths, reads_or_refuses
+from .harness import damaged, json_paths, reads_or_refuses, refusal_under_address_cap
 from .valid_files import TINY, native_file, safetensors_bytes, scratch, tiny_model, training_checkpoint
 
 DTYPES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2",
@@ -134,6 +134,66 @@ def test_a_config_describing_a_huge_model_is_refused_before_it_is_built():
                                           names="m.safetensors")
                 assert isinstance(result, CheckpointError), change
                 assert "config" in str(result)
+
+
+@pytest.mark.parametrize("options", [
+    dict(posemb="sincos2d"), dict(posemb="relative", image_size=(24, 32), distill_token=True),
+    dict(posemb="learned2d", posemb_where="every_layer", depth=2), dict(pool="map", posemb="sincos2d"),
+    dict(stem="resnet", resnet_layers=(1, 1), resnet_width=32, patch_size=1, image_size=32, pool="gap"),
+    dict(posemb="sincos2d", posemb_where="every_layer_shared", representation_size=12),
+])
+def test_implied_sizes_count_every_tensor_the_model_holds(options):
+    # The oracle is the model itself, built for real: its parameters and stored buffers, then the
+    # buffers a checkpoint leaves out (the sine-cosine table, the relative index of each block).
+    from vitkit.formats.names import implied_sizes
+
+    model = tiny_model(**options)
+    stored = model.state_dict()
+    built = [b for name, b in model.named_buffers() if name not in stored]
+    assert implied_sizes(model.config) == (sum(t.numel() for t in stored.values()), sum(b.numel() for b in built))
+    assert options.get("posemb") in ("none", "learned1d", "learned2d", None) or built
+
+
+def _native_with_config(folder, change: dict, **options):
+    """A tiny model's weights under a header whose config has `change` applied."""
+    model = tiny_model(**options)
+    config = {**json.loads(model.config.to_json()), **change}
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(folder / "m.safetensors"),
+              metadata={"vitkit_config": json.dumps(config), "format": "vitkit"})
+    return folder / "m.safetensors"
+
+
+@pytest.mark.parametrize("options, change, built", [
+    # 2048^2 patches of a fixed width-16 table: the issue's 10 kB file loaded after 18 s at 5.4 GB.
+    (dict(posemb="sincos2d"), {"image_size": [16384, 16384]}, "67,108,864"),
+    # A T x T relative index per block for T = 16,384 tokens: 2 GiB of int64.
+    (dict(posemb="relative", pool="gap"), {"image_size": [1024, 1024]}, "268,435,456"),
+])
+def test_regression_a_tiny_file_cannot_describe_tables_of_any_size(tmp_path, options, change, built):
+    path = _native_with_config(tmp_path, change, **options)
+    assert path.stat().st_size < 30_000
+    refusal = refusal_under_address_cap(f"vitkit.load({str(path)!r})")
+    assert refusal == (f"{path}: its config describes a model that builds {built} values of position tables for "
+                       f"{change['image_size'][0]}x{change['image_size'][1]} inputs but the file holds "
+                       f"{sum(t.numel() for t in tiny_model(**options).state_dict().values()):,} values; "
+                       "the config does not belong to these weights")
+
+
+@pytest.mark.parametrize("asked", ["num_classes=10**9", "image_size=10**6", "image_size=(32, 10**6), patch_size=16",
+                                   "mlp_dim=10**9"])
+def test_regression_load_arguments_asking_for_a_model_the_file_cannot_back(tmp_path, asked):
+    # load(num_classes=10**9) allocated a 10^9-row head (256 GB for ViT-B), load(image_size=10**6)
+    # resampled the position table to 3.9 * 10^9 rows; refused before anything is built.
+    vitkit.save(tiny_model(), tmp_path / "m.safetensors")
+    refusal = refusal_under_address_cap(f"""
+        try:
+            vitkit.load({str(tmp_path / "m.safetensors")!r}, {asked})
+        except ValueError as err:
+            assert isinstance(err, VitkitError)
+            raise
+    """)
+    assert refusal is not None and "asks for a model" in refusal and "ask for less" in refusal
 
 
 @pytest.mark.parametrize("header, expected", [

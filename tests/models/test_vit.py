@@ -188,6 +188,55 @@ def test_nonsense_options_are_refused_with_a_clear_message(bad, message):
         tiny(**bad)
 
 
+def test_nonsense_values_are_value_errors_too():
+    from vitkit.errors import ConfigValueError
+
+    for bad in (dict(pool="avg"), dict(image_size=18), dict(num_classes=-1), dict(dropout=1.5)):
+        with pytest.raises(ConfigValueError):
+            tiny(**bad)
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(width=30, num_heads=4)
+
+
+@pytest.mark.parametrize("bad", [dict(width="64"), dict(depth=2.0), dict(num_heads=True), dict(image_size="ab"),
+                                 dict(image_size=(16.0, 16)), dict(resnet_layers=("3",)), dict(pool=3),
+                                 dict(dropout="0.1"), dict(class_names=(1, 2, 3, 4, 5))])
+def test_regression_options_of_the_wrong_type_are_type_errors(bad):
+    # create_model(width="64") was refused by name, but ModelConfig(width="64") (and reset_head,
+    # replace) reached torch: "empty(): argument 'size' ... must be tuple of ints, not str"; "ab"
+    # as an image size a ValueError from int().
+    from vitkit.errors import ConfigTypeError
+
+    name = next(iter(bad))
+    with pytest.raises(ConfigTypeError, match=f"model option {name} must be"):
+        tiny(**bad)
+    with pytest.raises(TypeError, match=f"model option {name} must be"):
+        ModelConfig(**{**TINY, **bad})
+    with pytest.raises(TypeError, match=f"model option {name} must be"):
+        tiny().config.replace(**bad)
+
+
+@pytest.mark.parametrize("make, error, message", [
+    # Each raised torch's own RuntimeError from inside the patch convolution.
+    (lambda: torch.zeros(2, 3, 16, 16, dtype=torch.uint8), TypeError,
+     "expected a float tensor of normalised pixels, got torch.uint8; vitkit.evaluate.prepare_images"),
+    (lambda: torch.zeros(2, 3, 16, 16, dtype=torch.int64), TypeError, "got torch.int64"),
+    (lambda: torch.zeros(2, 3, 16, 16).numpy(), TypeError, "got ndarray"),
+    (lambda: torch.zeros(1, 3, 2, 2), ValueError, r"input 2x2 is smaller than one patch \(4x4 pixels\)"),
+    (lambda: torch.zeros(3, 16, 16), ValueError, r"expected input of shape \(N, 3, H, W\), got \(3, 16, 16\)"),
+    (lambda: torch.zeros(2, 1, 16, 16), ValueError, r"got \(2, 1, 16, 16\)"),
+])
+def test_regression_inputs_the_model_cannot_take(make, error, message):
+    from vitkit.errors import VitkitError
+
+    for model in (tiny().eval(), tiny(dynamic_image_size=True).eval()):
+        with pytest.raises(error, match=message) as refused:
+            model(make())
+        assert isinstance(refused.value, VitkitError)
+        with pytest.raises(error, match=message):
+            model.forward_intermediates(make())
+
+
 def test_config_round_trips_through_json():
     cfg = ModelConfig(**{**TINY, "image_size": (16, 24), "posemb": "learned2d", "class_names": ("a", "b", "c", "d", "e"),
                          "input_mean": (0.1, 0.2, 0.3), "stem": "resnet", "resnet_layers": (1, 2), "patch_size": 1,

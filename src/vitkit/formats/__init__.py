@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 from vitkit.errors import CheckpointError, ConfigError
+from vitkit.fields import check_fields
+from vitkit.formats.names import check_buildable
 from vitkit.formats.native import is_native, load_native, read_header, read_tensors, save
 from vitkit.models.config import ModelConfig
 from vitkit.models.vit import VisionTransformer
@@ -286,6 +288,8 @@ def load_with_info(path: str | os.PathLike, strict: bool = True, **overrides
                    ) -> tuple[VisionTransformer, dict]:
     """`load`, also returning the file's metadata ("format", "skipped", ...)."""
     adapt = {k: overrides.pop(k) for k in ADAPT if k in overrides}
+    adapt = {k: v for k, v in adapt.items() if v is not None}  # None keeps the file's value
+    check_fields(ModelConfig, adapt, "load")  # before the file is read, as a TypeError
     hints = {k: overrides.pop(k) for k in READ_HINTS if k in overrides}
     for key in ("num_heads", "posemb"):
         if key in overrides:
@@ -297,6 +301,9 @@ def load_with_info(path: str | os.PathLike, strict: bool = True, **overrides
         cfg = cfg.replace(**overrides)
     except ConfigError as e:
         raise CheckpointError(f"cannot apply overrides to {path}: {e}") from None
+    if overrides:
+        check_buildable(cfg, state, str(path), asked=_listing(overrides))
+    _check_adapted(cfg, adapt, state, path)
     model = VisionTransformer(cfg)
     skipped = list(meta.get("skipped", [])) + apply_state(model, state, strict=strict, source=str(path))
     skipped = list(dict.fromkeys(skipped))  # what the format reader skipped, apply_state misses again
@@ -314,6 +321,26 @@ def load_with_info(path: str | os.PathLike, strict: bool = True, **overrides
     if num_classes is not None and num_classes != cfg.num_classes:
         model.reset_head(num_classes)
     return model.eval(), {**meta, "skipped": skipped}
+
+
+def _listing(options: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
+
+
+def _check_adapted(cfg: ModelConfig, adapt: dict, state: dict[str, torch.Tensor], path) -> None:
+    """Refuse adaptations the checkpoint cannot back (check_buildable's budget) before anything
+    is built: num_classes=10**9 would allocate a head of 10**9 rows, image_size=10**6 resample
+    the position table to 4 * 10**9 rows."""
+    if not adapt:
+        return
+    changes = dict(adapt)
+    if adapt.get("num_classes", cfg.num_classes) != cfg.num_classes:
+        changes["class_names"] = ()  # as reset_head does
+    try:
+        target = cfg.replace(**changes)
+    except ConfigError as e:
+        raise type(e)(f"cannot apply {_listing(adapt)} to {path}: {e}") from None
+    check_buildable(target, state, str(path), asked=_listing(adapt))
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, **overrides) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vitkit.errors import CheckpointError
+from vitkit.errors import CheckpointError, ConfigValueError, VitkitError
 from vitkit.models.config import ModelConfig
 from vitkit.models.vit import VisionTransformer
 
@@ -86,25 +86,53 @@ def meta_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
 # A file may leave part of the model its config describes to fresh initialisation (strict=False),
 # but not most of it: beyond this the config does not belong to the tensors.
 _UNFILLED_PARAMETERS = 2**20
+# Tables a model builds from its config alone and never stores (the fixed sine-cosine position
+# table, each block's relative-position index, T x T for T tokens) may exceed the weights the
+# file holds by this many values (64 MiB of float32): a width-64, depth-4 relative model at 448
+# pixels with patch 16 builds 2.5 M, ViT-B/16 with sine-cosine embeddings at 384 pixels 0.4 M.
+_BUILT_VALUES = 2**24
 
 
-def check_buildable(cfg: ModelConfig, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse a config read from a file that describes a model out of all proportion to the
-    tensors the file holds, before anything is built: blocks the file has no tensors for would
-    take unbounded time to build, parameters it cannot fill unbounded memory."""
+def implied_sizes(cfg: ModelConfig) -> tuple[int, int]:
+    """(values its weights hold, values it builds from its config alone) of the model `cfg`
+    describes: parameters and stored buffers, then the buffers its checkpoints leave out. Both
+    counted on the meta device, which allocates nothing whatever the sizes."""
+    with torch.device("meta"):
+        model = VisionTransformer(cfg)
+    stored = model.state_dict()
+    built = sum(b.numel() for name, b in model.named_buffers() if name not in stored)
+    return sum(t.numel() for t in stored.values()), built
+
+
+def check_buildable(cfg: ModelConfig, tensors: dict[str, torch.Tensor], source: str,
+                    asked: str | None = None) -> None:
+    """Refuse a config that describes a model out of all proportion to the tensors a file holds,
+    before anything is built: blocks the file has no tensors for would take unbounded time to
+    build, parameters it cannot fill and tables built from the config (a position table for
+    any image size) unbounded memory. A config read from the file is a CheckpointError; one
+    the caller `asked` for (overrides such as "num_classes=1000000000") a ConfigValueError."""
+    def refuse(problem: str) -> VitkitError:
+        if asked is None:
+            return CheckpointError(f"{source}: its config describes {problem}; the config does not belong to "
+                                   "these weights")
+        return ConfigValueError(f"{asked} asks for {problem} from {source}; that is out of all proportion to the "
+                                "checkpoint, ask for less")
+
     blocks = cfg.depth + sum(cfg.resnet_layers)
     if blocks > len(tensors):
-        raise CheckpointError(f"{source}: its config describes {blocks} blocks but the file holds only "
-                              f"{len(tensors)} tensors; the config does not belong to these weights")
+        raise refuse(f"{blocks} blocks but the file holds only {len(tensors)} tensors")
     try:
-        described = sum(t.numel() for t in meta_state(cfg).values())
+        stored, built = implied_sizes(cfg)
     except (RuntimeError, OverflowError, ValueError, TypeError) as e:
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{source}: its config describes a model that cannot be built ({detail})") from None
+        raise refuse(f"a model that cannot be built ({detail})") from None
     held = sum(t.numel() for t in tensors.values())
-    if described > 2 * held + _UNFILLED_PARAMETERS:
-        raise CheckpointError(f"{source}: its config describes a model of {described:,} parameters but the "
-                              f"file holds {held:,} values; the config does not belong to these weights")
+    if stored > 2 * held + _UNFILLED_PARAMETERS:
+        raise refuse(f"a model of {stored:,} parameters but the file holds {held:,} values")
+    if built > held + _BUILT_VALUES:
+        h, w = cfg.image_size
+        raise refuse(f"a model that builds {built:,} values of position tables for {h}x{w} inputs but the file "
+                     f"holds {held:,} values")
 
 
 def resolve(rules: list[Rule], key: str, values: dict) -> tuple[tuple[str, ...], str] | None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, ConfigTypeError, ConfigValueError
 from vitkit.fields import check_fields
 
 POOLS = ("token", "gap", "map")
@@ -33,12 +34,11 @@ _WHERE_FOR_KIND = {
 
 
 def as_pair(value) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 2:
-        raise ConfigError(f"expected an int or a pair (h, w), got {value!r}")
-    return value
+    pair = (value, value) if isinstance(value, numbers.Integral) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)):
+        raise ConfigTypeError(f"expected an int or a pair of ints (h, w), got {value!r}")
+    return (int(pair[0]), int(pair[1]))
 
 
 @dataclass
@@ -93,6 +93,9 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Built from Python as well as from files: every field of its annotated type, or one
+        # ConfigTypeError naming it (a width of "64" failed deep inside torch).
+        check_fields(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "model")
         self.image_size = as_pair(self.image_size)
         self.resnet_layers = tuple(int(n) for n in self.resnet_layers)
         self.input_mean = tuple(float(v) for v in self.input_mean)
@@ -100,7 +103,10 @@ class ModelConfig:
         if self.crop_pct is not None:
             self.crop_pct = float(self.crop_pct)
         self.class_names = tuple(str(v) for v in self.class_names)
-        self.validate()
+        try:
+            self.validate()
+        except ConfigError as e:  # every value validate() refuses is an argument's value
+            raise ConfigValueError(str(e)) from None
 
     # ----------------------------------------------------------------- derived values
     @property

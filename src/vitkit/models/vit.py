@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, ConfigTypeError, ConfigValueError
 from vitkit.models.config import ModelConfig
 from vitkit.models.posemb import PositionEmbedding, RelativePositionBias
 from vitkit.models.resnet import ResNetStem
@@ -227,14 +227,24 @@ class VisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _embed(self, x: torch.Tensor, patch_hook=None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        # A few attribute reads, so that a wrong input is one line naming it, not torch's error
+        # from inside a convolution.
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ConfigTypeError(f"expected a float tensor of normalised pixels, got {got}; "
+                                  "vitkit.evaluate.prepare_images(images, model.config) makes one from uint8 images")
         if x.dim() != 4 or x.shape[1] != self.config.in_chans:
-            raise ConfigError(
+            raise ConfigValueError(
                 f"expected input of shape (N, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
+        stride = self.config.stem_stride
+        if x.shape[-2] < stride or x.shape[-1] < stride:
+            raise ConfigValueError(f"input {x.shape[-2]}x{x.shape[-1]} is smaller than one patch ({stride}x{stride} "
+                                   "pixels); resize it to the model's image size")
         fmap = self.patch_embed(x)
         grid = (fmap.shape[-2], fmap.shape[-1])
         if grid != self.config.grid_size and not self.config.dynamic_image_size:
             h, w = self.config.image_size
-            raise ConfigError(
+            raise ConfigValueError(
                 f"input {x.shape[-2]}x{x.shape[-1]} does not match the model's image size {h}x{w}; "
                 "resize the input, or load with dynamic_image_size=True")
         patches = fmap.flatten(2).transpose(1, 2)
