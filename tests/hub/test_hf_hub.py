@@ -221,3 +221,9 @@ def test_every_checkpoint_command_takes_a_hub_address(transformers_repo, hub, tm
     assert {t["class"] for t in out["predictions"][0]["top"]} == {"cat", "dog", "fox"}
     assert main(["convert", "hf-hub:google/tiny-vit", str(tmp_path / "m.safetensors"), "--to", "vitkit"]) == 0
     assert vitkit.load(tmp_path / "m.safetensors").config.interpolation == "bicubic"
+    capsys.readouterr()
+    # The feature cache knows a Hub address by its cached files.
+    for _ in range(2):
+        assert main(["fewshot", "hf-hub:google/tiny-vit", "--data", "digits", "--shots", "1", "--repeats", "1",
+                     "--cache-dir", str(tmp_path / "features"), "--quiet", "--json"]) == 0
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 2  # train and test, made once

@@ -58,11 +58,15 @@ def default_cache_dir() -> Path:
     return Path(base) / "vitkit" / "features"
 
 
-def checkpoint_digest(path: str | os.PathLike) -> str:
-    """sha256 of a checkpoint's bytes (of every file, in name order, for a folder checkpoint)."""
-    path = Path(path)
+def checkpoint_digest(checkpoint: str | os.PathLike) -> str:
+    """sha256 of a checkpoint's bytes (of every file, in name order, for a folder checkpoint);
+    a release name, Hub address or URL by its cached file, a release also by its name, since the
+    registry gives the model its release's preprocessing."""
+    from vitkit.formats import locate
+
+    path, release = locate(checkpoint)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(release.name.encode() if release else b"")
     for f in files:
         stat = f.stat()
         key = (str(f.resolve()), stat.st_size, stat.st_mtime_ns)

@@ -181,7 +181,7 @@ def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
     (a non-square grid), posemb (a fixed embedding that is not stored). The metadata's
     "skipped" lists foreign tensors left out when strict=False. `path` may also be a release
     name (`vitkit models --pretrained`), hf-hub:OWNER/REPO[@REVISION][/FILE] or a URL."""
-    local, release = _locate(path)
+    local, release = locate(path)
     cfg, state, meta = _read_any(local, strict, hints)
     _check_values(state, local)
     if release is not None:
@@ -191,9 +191,10 @@ def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
     return cfg, state, meta
 
 
-def _locate(path: str | os.PathLike):
-    """(local file or folder, release or None): an existing path as it is; a release name, a
-    Hub address or a URL fetched (a release is served from the cache once it is there)."""
+def locate(path: str | os.PathLike):
+    """(local file or folder, release or None) of what `load` takes: an existing path as it is;
+    a release name, a Hub address or a URL fetched (a release is served from the cache once
+    it is there)."""
     from vitkit import hub, pretrained
 
     if not isinstance(path, str) or os.path.exists(path):
@@ -351,4 +352,4 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, **overrides
     return _convert(src, dst, to, **overrides)
 
 
-__all__ = ["load", "load_with_info", "save", "read_checkpoint", "apply_state", "convert", "read_torch_file"]
+__all__ = ["load", "load_with_info", "save", "read_checkpoint", "locate", "apply_state", "convert", "read_torch_file"]
