@@ -96,3 +96,104 @@ def test_stale_temporaries_are_recognised_by_atomic_paths_naming(tmp_path):
     assert [p.name for p in removed] == [".last.safetensors.a1b2_c3d.tmp"]
     remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "last.safetensors", "notes.tmp"]
+
+
+@pytest.fixture(params=[0o022, 0o002, 0o077], ids=["umask022", "umask002", "umask077"])
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_regression_every_file_vitkit_writes_honours_the_umask(tmp_path, umask):
+    # safetensors writes a fresh file (0600 whatever the umask) over the one atomic_path had
+    # opened up, so model files came out unreadable to a teammate on a shared cluster.
+    import torch
+
+    import vitkit
+    from vitkit.formats import hf
+    from vitkit.io import write_safetensors
+    from vitkit.train.plots import plot_confusion
+
+    model = vitkit.create_model(image_size=16, patch_size=8, width=16, depth=1, num_heads=2, mlp_dim=32,
+                                num_classes=2)
+    files = [vitkit.save(model, tmp_path / "m.safetensors"), tmp_path / "w.safetensors", tmp_path / "x.json",
+             tmp_path / "c.png"]
+    write_safetensors(files[1], {"w": torch.ones(2)}, {"format": "pt"})
+    write_json(files[2], {"a": 1})
+    plot_confusion([[1, 0], [0, 1]], ["a", "b"], files[3], "confusion")
+    hf.write(model, tmp_path / "hf")
+    for path in files + sorted((tmp_path / "hf").iterdir()):
+        assert _mode(path) == 0o666 & ~umask, path.name
+    assert _mode(tmp_path / "hf") == 0o777 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "hf", "m.safetensors", "w.safetensors", "x.json"]
+
+
+@pytest.mark.parametrize("code", ["EROFS", "EACCES", "EPERM"])
+def test_regression_stale_temporaries_that_cannot_be_deleted_are_left(tmp_path, monkeypatch, code):
+    # A read-only run folder (os.unlink made to fail as it does there: root ignores permission
+    # bits, so the read-only mount is in the next test) raised the OSError from `--resume`.
+    import errno
+    from pathlib import Path
+
+    from vitkit.io import remove_stale_temporaries
+
+    (tmp_path / ".last.safetensors.a1b2c3.tmp").write_text("x")
+    (tmp_path / ".summary.json.d4e5f6.tmp").write_text("x")
+
+    def unlink(self, missing_ok=False):
+        if self.name.startswith(".last"):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(self))
+        return real_unlink(self, missing_ok)
+
+    real_unlink = Path.unlink
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [".summary.json.d4e5f6.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".last.safetensors.a1b2c3.tmp"]
+
+
+def _in_a_private_mount_namespace() -> list[str] | None:
+    """The unshare command line that gives a process mounts of its own (as root, or as anyone
+    where user namespaces are allowed), or None where there is none."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return None
+    for command in (["unshare", "--mount", "--propagation", "private"],
+                    ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]):
+        if subprocess.run([*command, "true"], capture_output=True).returncode == 0:
+            return command
+    return None
+
+
+@pytest.mark.slow
+def test_regression_resume_in_a_read_only_run_folder_with_a_stale_temporary(tmp_path):
+    # A real read-only mount (root ignores permission bits, so chmod would prove nothing), private
+    # to the vitkit process: `--resume` raised the OSError of deleting the stale temporary as a
+    # traceback, instead of the one-line error it gives without one.
+    import subprocess
+    import sys
+
+    unshare = _in_a_private_mount_namespace()
+    if unshare is None:
+        pytest.skip("no private mount namespace here (unshare)")
+    run = tmp_path / "run"
+    vitkit = [sys.executable, "-m", "vitkit"]
+    trained = subprocess.run([*vitkit, "train", "--data", "digits", "--out", str(run), "--epochs", "1", "--quiet"],
+                             capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr
+    stale = run / "checkpoints" / ".last.safetensors.k2j3x9.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    resumed = subprocess.run([*unshare, "sh", "-c", script, "sh", str(run), *vitkit, "train", "--resume", "--out",
+                              str(run), "--quiet"], capture_output=True, text=True)
+    assert resumed.returncode == 2, resumed.stderr
+    error = resumed.stderr.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    assert error.startswith("vitkit train: error: cannot write ") and "Read-only file system" in error
+    assert stale.read_bytes() == b"half a checkpoint"

@@ -25,12 +25,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    # mkstemp makes the file private (0600); the result should have the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        # After the writer, which may have made the file anew (safetensors writes a fresh 0600 one).
+        honour_umask(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +36,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def honour_umask(path: Path) -> None:
+    """Give a file (or folder) vitkit made the permissions `open` (`mkdir`) would have given it:
+    0666 (0777) less the umask. mkstemp, mkdtemp and safetensors make theirs private (0600, 0700),
+    which leaves a model unreadable to the teammates the umask lets read it."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def _umask() -> int:
+    # Linux reports it; elsewhere os.umask can only read it by setting it, briefly, for every thread.
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        return int(re.search(r"^Umask:\s*([0-7]+)$", Path("/proc/self/status").read_text(), re.M).group(1), 8)
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def _sync_folder(folder: Path) -> None:
@@ -59,7 +73,8 @@ def _sync_folder(folder: Path) -> None:
 def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] | None = None) -> list[Path]:
     """Delete the temporary files atomic_path left in `folder` when its process was killed
     mid-write (for the target `names` only, or for any target). Call it only when no other
-    process writes there. Returns the files removed."""
+    process writes there. Returns the files removed; those it may not delete (a read-only
+    folder) are left."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -67,9 +82,17 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] |
     for entry in folder.iterdir():
         target = _temporary_target(entry.name)
         if target is not None and (names is None or target in names) and entry.is_file():
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 entry.unlink()
-                removed.append(entry)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                # A read-only folder (or file system) keeps its temporaries: nothing will be written
+                # there either, and the write that fails says so in its own words.
+                if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    continue
+                raise
+            removed.append(entry)
     return removed
 
 

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.formats.names import Rule, from_vitkit, require, to_vitkit
+from vitkit.io import honour_umask
 from vitkit.models.config import ModelConfig
 
 L = "{prefix}encoder.layer.{0}."
@@ -266,6 +267,8 @@ def write(model, directory: Path) -> dict:
         if cfg.interpolation is not None:
             preprocessor["resample"] = PILLOW_FILTERS[cfg.interpolation]
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors make theirs private
+            honour_umask(path)
         old = None
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
