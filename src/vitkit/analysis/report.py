@@ -13,7 +13,7 @@ from vitkit.analysis.filters import filters_for_display, patch_embedding_compone
 from vitkit.analysis.plots import plot_attention_distance, plot_filters, plot_posemb_similarity, plot_rollout
 from vitkit.analysis.posemb_similarity import patch_position_embeddings, position_similarity
 from vitkit.analysis.rollout import pooled_patch_weights, rollout_maps, rollout_query
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, printable
 from vitkit.evaluate.preprocess import normalize, resize_images
 from vitkit.io import write_json
 from vitkit.progress import Progress
@@ -155,7 +155,8 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     if labels is not None:
         label_names = list(class_names or names)
         truth = [label_names[int(labels[i])] for i in shown]
-        captions = [t if t == p else f"{t} (model: {p})" for t, p in zip(truth, result["rollout"]["predicted"])]
+        captions = [printable(t if t == p else f"{t} (model: {p})")  # matplotlib cannot draw every name
+                    for t, p in zip(truth, result["rollout"]["predicted"])]
         result["rollout"]["labels"] = truth
     plot_rollout(pixels[shown], maps, out / "rollout.png",
                  f"{model_name}: attention rollout ({query}; heat scaled to each map's maximum)", captions)

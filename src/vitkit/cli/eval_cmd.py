@@ -8,7 +8,7 @@ from vitkit.cli.options import add_image_limit_flag
 from vitkit.data import load_data
 from vitkit.data.images import progress_bar
 from vitkit.data.shards import ShardBatches, default_workers, is_shard_folder, load_batches, open_shards
-from vitkit.errors import ConfigError, DataError
+from vitkit.errors import ConfigError, DataError, printable
 from vitkit.evaluate.classification import classification_metrics, predict_batches, predict_logits
 from vitkit.formats import load
 from vitkit.objectives.adversarial import ATTACKS, adversarial_accuracy
@@ -87,7 +87,7 @@ def run(args) -> int:
                   f"(largest perturbation {r['max_perturbation']:.4g})")
         print("confusion matrix (rows: true, columns: predicted):")
         for name, row in zip(data.class_names, metrics["confusion"]):
-            print(f"  {name[:12]:>12} " + " ".join(f"{v:4d}" for v in row))
+            print(f"  {printable(name)[:12]:>12} " + " ".join(f"{v:4d}" for v in row))
     return 0
 
 

@@ -11,7 +11,7 @@ from vitkit.device import pick_device
 from vitkit.cli.options import add_image_limit_flag
 from vitkit.data import read_image_files, read_images
 from vitkit.evaluate.preprocess import prepare_images
-from vitkit.errors import CheckpointError
+from vitkit.errors import CheckpointError, printable
 from vitkit.formats import image_format, load
 
 
@@ -58,5 +58,5 @@ def run(args) -> int:
         print_json({"checkpoint": args.checkpoint, "predictions": results})
     else:
         for r in results:
-            print(r["image"] + ": " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+            print(r["image"] + ": " + ", ".join(f"{printable(t['class'])} {t['prob']:.3f}" for t in r["top"]))
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from vitkit.analysis.plots import save_figure
+from vitkit.errors import printable
 
 
 def plot_curves(history: list[dict], out_dir: Path) -> None:
@@ -39,8 +40,10 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
     ax.imshow(confusion, cmap="Blues")
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     if k <= 30:
-        ax.set_xticks(range(k), class_names, rotation=90)
-        ax.set_yticks(range(k), class_names)
+        # Folder names that are not UTF-8 reach matplotlib as lone surrogates, which it cannot draw.
+        labels = [printable(name) for name in class_names]
+        ax.set_xticks(range(k), labels, rotation=90)
+        ax.set_yticks(range(k), labels)
         peak = max(max(row) for row in confusion) or 1
         for i, row in enumerate(confusion):
             for j, v in enumerate(row):
