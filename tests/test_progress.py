@@ -107,11 +107,24 @@ def test_long_phases_off_a_terminal_say_how_far_they_are(monkeypatch):
             bar.update(10)
         now[0] = 130.0
     assert stream.getvalue().splitlines() == [
-        "features: 10/30 img in 61.0 s (0.2 img/s)",
-        "features: 30/30 img in 125.0 s (0.2 img/s)",
-        "features: 30 img in 130.0 s (0.2 img/s)"]
+        "features: 10/30 img in 61.0 s (0.16 img/s)",
+        "features: 30/30 img in 125.0 s (0.24 img/s)",
+        "features: 30 img in 130.0 s (0.23 img/s)"]
 
 
 def test_track_yields_every_item_and_counts_them(capsys):
     assert list(track(["a", "b"], "files", "file")) == ["a", "b"]
     assert re.fullmatch(r"files: 2 file in \d+\.\d s \([\d,.]+ file/s\)\n", capsys.readouterr().err)
+
+
+def test_silenced_quiets_every_progress_inside_it_and_only_there():
+    from vitkit.progress import silenced
+
+    stream = io.StringIO()
+    with silenced():
+        with Progress(2, "inside", stream=stream) as bar:
+            bar.update(2)
+            bar.milestone("epoch 1/1")
+    with Progress(2, "after", stream=stream) as bar:
+        bar.update(2)
+    assert stream.getvalue().startswith("after: 2 img in ") and "inside" not in stream.getvalue()

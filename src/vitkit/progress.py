@@ -16,6 +16,7 @@ one line per `milestone` (an epoch), and a line a minute while one phase runs lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -28,6 +29,19 @@ FALLBACK_COLUMNS = 80
 LOG_INTERVAL_S = 60.0
 
 T = TypeVar("T")
+_silenced = False
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """No Progress shows anything within it, whatever its callers pass: `vitkit --quiet` runs
+    its command in it, so that quiet reaches progress made deep inside the library."""
+    global _silenced
+    before, _silenced = _silenced, True
+    try:
+        yield
+    finally:
+        _silenced = before
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -57,9 +71,9 @@ class Progress:
 
     def __init__(self, total: int | None, description: str, unit: str = "img", *, quiet: bool = False,
                  initial: int = 0, stream: TextIO | None = None):
-        self.description, self.unit, self.quiet, self.total = description, unit, quiet, total
+        self.description, self.unit, self.quiet, self.total = description, unit, quiet or _silenced, total
         self.stream = sys.stderr if stream is None else stream
-        self.interactive = not quiet and is_terminal(self.stream)
+        self.interactive = not self.quiet and is_terminal(self.stream)
         self.count = initial
         self._initial, self._postfix, self._closed = initial, "", False
         self._start = self._last_line = time.perf_counter()
@@ -115,13 +129,17 @@ class Progress:
         seconds = time.perf_counter() - self._start
         work = self.count - self._initial
         of = f"/{self.total:,}" if self.total is not None and not done else ""
-        rate = f" ({work / seconds:,.1f} {self.unit}/s)" if seconds > 0 and work else ""
+        rate = f" ({_rate(work / seconds)} {self.unit}/s)" if seconds > 0 and work else ""
         text = f"{self.description}: {self.count:,}{of} {self.unit} in {seconds:.1f} s{rate}"
         return text + (f"; {self._postfix}" if self._postfix else "")
 
     def _print(self, text: str) -> None:
         self._last_line = time.perf_counter()
         print(text, file=self.stream, flush=True)
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.2g}"
 
 
 def track(items: Iterable[T], description: str, unit: str = "img", *, quiet: bool = False,

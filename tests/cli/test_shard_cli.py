@@ -56,7 +56,7 @@ def test_shard_errors_are_one_line(tmp_path):
     assert_clean_error(vitkit_cli("shard", folder, "--out", tmp_path / "new"),
                        "1 unreadable image file(s)", "bad.png", "(--skip-bad-images)")
     result = vitkit_cli("shard", folder, "--out", tmp_path / "new", "--skip-bad-images")
-    assert result.returncode == 0 and "warning: skipped 1 unreadable image file(s): bad.png" in result.stderr
+    assert result.returncode == 0 and "warning: skipped 1 unreadable image file(s): red/bad.png" in result.stderr
     assert "12 images of 3 classes" in result.stdout and "vitkit train --data" in result.stdout
 
     # A shard damaged after it was written stops training with one line, from a worker process.

@@ -68,6 +68,19 @@ def test_onnx_has_a_dynamic_batch(google_npz, tmp_path):
         assert rel_diff(out, model(x)) <= TOL
 
 
+def test_the_convert_function_stays_a_function_after_its_module_is_imported(google_npz, tmp_path):
+    # Importing vitkit.formats.convert (as `vitkit convert` does, and as the function itself did on
+    # its first call) bound the module over the function: a second call raised "'module' object
+    # is not callable".
+    import vitkit.cli.convert_cmd  # noqa: F401
+    import vitkit.formats
+
+    src, _ = google_npz
+    for name in ("a.safetensors", "b.safetensors"):
+        assert vitkit.formats.convert(src, tmp_path / name, "vitkit")["max_rel_diff"] <= TOL
+    assert callable(vitkit.formats.convert) and vitkit.formats.convert.__module__ == "vitkit.formats"
+
+
 def test_cli_prints_one_json_object(google_npz, tmp_path, capsys):
     src, _ = google_npz
     assert main(["convert", str(src), str(tmp_path / "m.safetensors"), "--to", "vitkit", "--json"]) == 0

@@ -10,6 +10,7 @@ ended by that signal would: a scheduler sees it did not finish (docs/reliability
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 from vitkit.allocator import keep_freed_memory
 from vitkit.cli.options import CommandParser
 from vitkit.errors import StoppedBySignal, VitkitError
+from vitkit.progress import silenced
 
 COMMANDS = ["train", "eval", "predict", "models", "convert", "fewshot", "probe", "analyze",
             "experiment", "bench", "pretrain", "shard", "explore"]
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     keep_freed_memory()
     try:
-        return int(args.func(args) or 0)
+        with silenced() if getattr(args, "quiet", False) else contextlib.nullcontext():
+            return int(args.func(args) or 0)
     except StoppedBySignal as e:
         print(f"vitkit {args.command}{_which_process()}: {e}", file=sys.stderr)
         return 128 + e.signal_number

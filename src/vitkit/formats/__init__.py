@@ -344,12 +344,16 @@ def _check_adapted(cfg: ModelConfig, adapt: dict, state: dict[str, torch.Tensor]
     check_buildable(target, state, str(path), asked=_listing(adapt))
 
 
+# Loaded here, before the function below takes the name: importing a submodule binds it on the
+# package, so a first import of vitkit.formats.convert (by `vitkit convert`, or inside the
+# function) would otherwise replace the function `convert` with the module.
+from vitkit.formats import convert as _conversion  # noqa: E402
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, **overrides) -> dict:
     """Load `src` (any format) and write it to `dst` as `to` (vitkit|hf|timm|npz|onnx); returns a
     report with the largest relative logit difference between the two on a random batch."""
-    from vitkit.formats.convert import convert as _convert
-
-    return _convert(src, dst, to, **overrides)
+    return _conversion.convert(src, dst, to, **overrides)
 
 
 __all__ = ["load", "load_with_info", "save", "read_checkpoint", "locate", "apply_state", "convert", "read_torch_file"]
