@@ -57,13 +57,22 @@ def test_help_for_every_command():
         assert sub.returncode == 0 and "usage: vitkit " + command in sub.stdout
 
 
-def test_every_training_config_field_is_a_flag():
+def test_every_training_config_field_is_a_flag_of_train_or_pretrain():
+    from vitkit.cli.train_cmd import LABEL_FIELDS, PRETRAIN_FIELDS
+    from vitkit.data.spec import DataSpec
     from vitkit.train import TrainConfig
 
     text = vitkit_cli("train", "--help").stdout
+    pretrain = vitkit_cli("pretrain", "--help").stdout
     for name in TrainConfig.__dataclass_fields__:
-        if name not in ("model_options", "augment"):
-            assert "--" + name.replace("_", "-") in text, name
+        if name in ("model_options", "augment", "data"):
+            continue
+        flag = "--" + name.replace("_", "-") + " "
+        assert (flag in text) == (name not in PRETRAIN_FIELDS), name
+        assert (flag in pretrain) == (name not in LABEL_FIELDS), name
+    for name in DataSpec.__dataclass_fields__:
+        flag = "--data " if name == "source" else "--" + name.replace("_", "-") + " "
+        assert flag in text and flag in pretrain, name
     for flag in ("--patch-size", "--pool", "--posemb", "--posemb-where", "--drop-path", "--mixup", "--crop"):
         assert flag in text
 

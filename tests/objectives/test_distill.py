@@ -11,7 +11,7 @@ import vitkit
 from vitkit.data.augment import soft_targets
 from vitkit.evaluate.preprocess import prepare_images
 from vitkit.objectives.distill import Teacher, distillation_loss, head_logits
-from vitkit.train.loop import soft_cross_entropy
+from vitkit.objectives.supervised import soft_cross_entropy
 
 
 def _softmax(values):

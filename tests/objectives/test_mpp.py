@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.objectives.base import Draws
 from vitkit.objectives.mpp import (KEPT, MASKED, RANDOM, UNCHANGED, MaskedPatchPrediction, corrupt_patches,
                                    mean_colour_targets)
 
@@ -26,13 +27,23 @@ def test_corruption_hits_half_the_patches_split_80_10_10():
     assert torch.equal(corrupted[kind == MASKED], mask_token.expand(int((kind == MASKED).sum()), d))
     assert torch.equal(corrupted[kind == KEPT], patches[kind == KEPT])
     assert torch.equal(corrupted[kind == UNCHANGED], patches[kind == UNCHANGED])
-    # A random patch is another patch of the batch: present among the originals, not itself.
-    flat = patches.reshape(-1, d)
-    replaced = corrupted[kind == RANDOM]
-    own = patches[kind == RANDOM]
-    matches = (replaced[:, None, :] == flat[None, :, :]).all(-1)
-    assert matches.any(dim=1).all()
-    assert not (replaced == own).all(-1).any()
+    # A random patch is another patch of the same image: present among its originals, not itself.
+    for image in range(b):
+        chosen = kind[image] == RANDOM
+        replaced, own = corrupted[image][chosen], patches[image][chosen]
+        matches = (replaced[:, None, :] == patches[image][None, :, :]).all(-1)
+        assert matches.any(dim=1).all()
+        assert not (replaced == own).all(-1).any()
+
+
+def test_the_corruption_is_a_function_of_the_draws_so_each_image_is_corrupted_alike_in_any_batch():
+    torch.manual_seed(0)
+    patches, mask_token = torch.randn(6, 9, 4), torch.randn(4)
+    draws = torch.rand(6, 3, 9)
+    whole, kind = corrupt_patches(patches, mask_token, draws=draws)
+    first, first_kind = corrupt_patches(patches[:2], mask_token, draws=draws[:2])
+    rest, rest_kind = corrupt_patches(patches[2:], mask_token, draws=draws[2:])
+    assert torch.equal(torch.cat([first, rest]), whole) and torch.equal(torch.cat([first_kind, rest_kind]), kind)
 
 
 def test_mean_colour_targets_equal_a_hand_computation():
@@ -59,7 +70,7 @@ def test_mpp_loss_is_computed_at_the_corrupted_positions_and_trains_the_mask_emb
     objective = MaskedPatchPrediction(model)
     assert objective.head.out_features == 512
     pixels = torch.rand(4, 3, 8, 8)
-    result = objective(model, pixels, pixels * 2 - 1)
+    result = objective(model, pixels, None, Draws(0, (0,), range(4), "cpu"))
     assert 0 < result["count"] < 4 * 16
     assert result["loss"].item() == pytest.approx(torch.log(torch.tensor(512.0)).item(), rel=0.2)
     result["loss"].backward()

@@ -240,15 +240,15 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_update_and_one_proc
 
 def poison_third_loss(monkeypatch) -> None:
     """In this process, as VITKIT_TEST_NAN_AT_STEP=3 does on rank 1: the third loss is NaN."""
-    import vitkit.train.loop as loop
+    import vitkit.objectives.supervised as supervised
 
-    real_loss, calls = loop.soft_cross_entropy, [0]
+    real_loss, calls = supervised.soft_cross_entropy, [0]
 
     def loss(logits, targets):
         calls[0] += 1
         return real_loss(logits, targets) * (float("nan") if calls[0] == 3 else 1.0)
 
-    monkeypatch.setattr(loop, "soft_cross_entropy", loss)
+    monkeypatch.setattr(supervised, "soft_cross_entropy", loss)
 
 
 def test_a_nan_loss_on_one_rank_is_skipped_by_every_rank(tmp_path, data, monkeypatch):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import vitkit.objectives.supervised as supervised
 import vitkit.train.loop as loop
 from train_runs import STEPS_PER_EPOCH, progress, tiny_config
 from vitkit.cli.main import main
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("no_plots")
 
 def poison_losses(monkeypatch, bad_steps, value=math.nan) -> None:
     """The loss of the given training steps (1-based, counted over the run) becomes `value`."""
-    real = loop.soft_cross_entropy
+    real = supervised.soft_cross_entropy
     calls = {"n": 0}
 
     def loss(logits, targets):
@@ -31,7 +32,7 @@ def poison_losses(monkeypatch, bad_steps, value=math.nan) -> None:
         result = real(logits, targets)
         return result * value if calls["n"] in bad_steps else result
 
-    monkeypatch.setattr(loop, "soft_cross_entropy", loss)
+    monkeypatch.setattr(supervised, "soft_cross_entropy", loss)
 
 
 def all_finite(path) -> bool:
@@ -48,7 +49,7 @@ def test_a_non_finite_loss_stops_the_run_naming_its_epoch_and_step(tiny_npz, tmp
     poison_losses(monkeypatch, {STEPS_PER_EPOCH + 9, STEPS_PER_EPOCH + 11}, value)
     out = tmp_path / "run"
     trainer = Trainer(tiny_config(tiny_npz, out), quiet=True)
-    trainer.check_each_step = each_step
+    trainer.nonfinite.each_step = each_step
     with pytest.raises(TrainingDiverged) as error:
         trainer.run()
     last = out / "checkpoints/last.safetensors"

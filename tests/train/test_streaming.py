@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from vitkit.data.shard_writer import shard_data
 from vitkit.errors import ConfigError
+from vitkit.data.spec import DataSpec
 from vitkit.train import TrainConfig, Trainer, train
 from test_interruptions import KILLABLE, environment
 from train_runs import assert_same_run, progress, tiny_flags, write_tiny_npz
@@ -88,8 +89,8 @@ def test_options_that_need_data_in_memory_are_refused(tmp_path, shards):
 
 
 def test_the_split_recorded_by_vitkit_shard_is_the_one_the_run_records(tmp_path, shards):
-    trainer = Trainer(config(tmp_path, shards, val_fraction=0.3), quiet=True)
-    assert trainer.cfg.val_fraction == 0.1 and np.isclose(trainer.cfg.test_fraction, 0.2)
+    trainer = Trainer(config(tmp_path, shards, data=DataSpec(shards, val_fraction=0.3)), quiet=True)
+    assert trainer.cfg.data.val_fraction == 0.1 and np.isclose(trainer.cfg.data.test_fraction, 0.2)
 
 
 def killable_session(*args, **arm) -> subprocess.CompletedProcess:

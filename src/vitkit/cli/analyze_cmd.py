@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitkit.cli.main import print_json
-from vitkit.cli.options import add_image_limit_flag
+from vitkit.cli.options import add_data_flags, data_spec
 from vitkit.errors import ConfigError
 
 
@@ -17,7 +17,6 @@ def register(sub, parent) -> None:
                                    "the images) and analysis.json with the numbers behind them.")
     p.add_argument("checkpoint", help="model file (any format vitkit.load reads)")
     p.add_argument("--out", required=True, help="folder to write the pictures and analysis.json to")
-    p.add_argument("--data", default=None, help="data set spec whose images to analyse (default: the bundled digits)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"),
                    help="split of --data to use (default test)")
     p.add_argument("--images", nargs="+", metavar="IMG", default=None,
@@ -27,7 +26,7 @@ def register(sub, parent) -> None:
     p.add_argument("--rollout-images", type=int, default=8, help="images shown in rollout.png (default 8)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help="print analysis.json's summary as one JSON object")
-    add_image_limit_flag(p)
+    add_data_flags(p)
     p.set_defaults(func=run)
 
 
@@ -39,23 +38,23 @@ def run(args) -> int:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     model = vitkit.load(args.checkpoint)
+    spec = data_spec(args)
     if args.images:
-        if args.data:
+        if hasattr(args, "data_source"):
             raise ConfigError("give --data or --images, not both")
         from vitkit.data import read_image_files
 
         # Any size: the analysis resizes them to the model's input; their classes are unknown.
-        images = read_image_files(args.images, 3, max_image_pixels=args.max_image_pixels)
+        images = read_image_files(args.images, 3, max_image_pixels=spec.max_image_pixels)
         source, labels, class_names = f"{len(args.images)} image file(s)", None, None
     else:
         from vitkit.data import load_data
 
-        spec = args.data or "digits"
-        data = load_data(spec, max_image_pixels=args.max_image_pixels)
+        data = load_data(spec, quiet=args.quiet)
         split = data.split(args.split)
         # The rollout examples are drawn across the classes (analyze's labels).
         images, labels, class_names = split.images[:args.num_images], split.labels[:args.num_images], data.class_names
-        source = f"{spec} ({args.split} split, first {len(images)} images)"
+        source = f"{spec.source} ({args.split} split, first {len(images)} images)"
     result = analyze(model, images, args.out, rollout_images=args.rollout_images,
                      batch_size=args.batch_size, progress=not args.quiet, name=Path(args.checkpoint).name,
                      labels=labels, class_names=class_names)

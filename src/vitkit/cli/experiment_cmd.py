@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vitkit.cli.main import print_json
-from vitkit.cli.options import add_image_limit_flag
+from vitkit.cli.options import add_data_flags, data_spec
 from vitkit.errors import ConfigError
 
 NAMES = "posemb, pooling, depth, arch, datasize"
@@ -19,8 +19,6 @@ def register(sub, parent) -> None:
                                    "OUT/runs/; finished runs are reused and interrupted ones resumed. Writes "
                                    "OUT/results.md, OUT/results.json and plots.")
     p.add_argument("name", metavar="NAME", help=NAMES)
-    p.add_argument("--data", default="digits", metavar="SPEC",
-                   help="data set spec, as for `vitkit train` (default: digits)")
     p.add_argument("--out", required=True, metavar="DIR", help="experiment folder")
     p.add_argument("--epochs", type=int, default=10, metavar="N",
                    help="epochs per run (default 10; arch and datasize derive theirs from it)")
@@ -41,7 +39,7 @@ def register(sub, parent) -> None:
     model.add_argument("--lr", type=float, metavar="LR",
                        help="peak learning rate of every run (pooling sweeps around it)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    add_image_limit_flag(p)
+    add_data_flags(p)
     p.add_argument("--json", action="store_true", help="print results.json's content as one JSON object")
     p.set_defaults(func=run)
 
@@ -51,11 +49,11 @@ def settings_from_args(args):
     from vitkit.experiments.runner import parse_numbers
 
     model = {k[len("model_"):]: v for k, v in vars(args).items() if k.startswith("model_") and v is not None}
-    train = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("device", args.device),
-                               ("max_image_pixels", args.max_image_pixels)) if v is not None}
+    train = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("device", args.device))
+             if v is not None}
     if args.shots < 1:
         raise ConfigError(f"--shots must be positive, got {args.shots}")
-    return Settings(data=args.data, out=args.out, epochs=args.epochs, seeds=args.seeds, shots=args.shots,
+    return Settings(data=data_spec(args), out=args.out, epochs=args.epochs, seeds=args.seeds, shots=args.shots,
                     model_options=model, train_options=train,
                     lrs=tuple(parse_numbers(args.lrs, float, "learning rate")) if args.lrs else None,
                     depths=tuple(parse_numbers(args.depths, int, "depth")) if args.depths else None,

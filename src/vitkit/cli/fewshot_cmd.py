@@ -5,20 +5,19 @@ from __future__ import annotations
 import math
 
 from vitkit.cli.main import print_json
-from vitkit.cli.options import add_image_limit_flag
+from vitkit.cli.options import add_data_flags, data_spec
 from vitkit.errors import ConfigError
 
 
 def add_feature_options(p) -> None:
     """Options shared by the commands that evaluate frozen features."""
     p.add_argument("checkpoint", help="model file (any format vitkit.load reads)")
-    p.add_argument("--data", default="digits", help="data set spec, as for `vitkit train` (default: digits)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--cache-dir", default=None,
                    help="feature cache folder (default $VITKIT_CACHE_DIR or ~/.cache/vitkit/features)")
     p.add_argument("--no-cache", action="store_true", help="always recompute the features")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_image_limit_flag(p)
+    add_data_flags(p)
 
 
 def features_from_args(args, splits):
@@ -28,7 +27,8 @@ def features_from_args(args, splits):
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
-    data = load_data(args.data, max_image_pixels=args.max_image_pixels)
+    args.data = data_spec(args)
+    data = load_data(args.data, quiet=args.quiet)
     feats = split_features(args.checkpoint, data, splits, cache_dir=args.cache_dir,
                            use_cache=not args.no_cache, batch_size=args.batch_size,
                            progress=not args.quiet)
@@ -69,11 +69,11 @@ def run(args) -> int:
     (train_x, train_y), (test_x, test_y) = feats["train"], feats["test"]
     result = fewshot_evaluate(train_x, train_y, test_x, test_y, shots=shots, repeats=args.repeats,
                               seed=args.seed, num_classes=data.num_classes)
-    result.update(checkpoint=str(args.checkpoint), data=args.data, feature_dim=int(train_x.shape[1]))
+    result.update(checkpoint=str(args.checkpoint), data=args.data.source, feature_dim=int(train_x.shape[1]))
     if args.json:
         print_json(result)
         return 0
-    print(f"few-shot linear evaluation of {args.checkpoint} on {args.data}: {data.num_classes} classes, "
+    print(f"few-shot linear evaluation of {args.checkpoint} on {args.data.source}: {data.num_classes} classes, "
           f"{result['num_test']} test images, {args.repeats} draws")
     print(f"{'shots':>6}{'accuracy':>11}{'spread':>9}   lambdas")
     for k, r in result["shots"].items():

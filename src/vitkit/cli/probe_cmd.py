@@ -22,12 +22,12 @@ def run(args) -> int:
     data, feats = features_from_args(args, ("train", "val", "test"))
     result = linear_probe(*feats["train"], *feats["val"], *feats["test"], num_classes=data.num_classes,
                           max_iter=args.max_iter)
-    result.update(checkpoint=str(args.checkpoint), data=args.data,
+    result.update(checkpoint=str(args.checkpoint), data=args.data.source,
                   num_train=len(data.train), num_val=len(data.val), num_test=len(data.test))
     if args.json:
         print_json(result)
         return 0
-    print(f"linear probe of {args.checkpoint} on {args.data}: {data.num_classes} classes, "
+    print(f"linear probe of {args.checkpoint} on {args.data.source}: {data.num_classes} classes, "
           f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test images")
     print(f"weight decay {result['weight_decay']:g} (best of "
           f"{len(result['val_accuracy_per_weight_decay'])} on validation)")

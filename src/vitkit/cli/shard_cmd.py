@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from vitkit.cli.main import print_json
-from vitkit.cli.options import add_image_limit_flag
+from vitkit.cli.options import add_data_flags, data_spec
 from vitkit.data.shard_writer import DEFAULT_SHARD_SIZE, index_shards, shard_data
 from vitkit.errors import ConfigError
 
@@ -20,12 +20,7 @@ def register(sub, parent) -> None:
     p.add_argument("--out", help="folder for the shards and dataset.json (empty or new)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                    help=f"images per shard (default {DEFAULT_SHARD_SIZE})")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share when the data has no split")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="test share when the data has no split")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave out unreadable images (counted in a warning) instead of stopping")
-    add_image_limit_flag(p)
+    add_data_flags(p, source=False)
     p.add_argument("--overwrite", action="store_true", help="replace the shards of a non-empty --out")
     p.add_argument("--json", action="store_true", help="print dataset.json as one JSON object")
     foreign = p.add_argument_group("shards written by another tool")
@@ -41,15 +36,14 @@ def run(args) -> int:
         if args.out:
             raise ConfigError("--index writes dataset.json into FOLDER itself; drop --out")
         names = [name.strip() for name in args.class_names.split(",")] if args.class_names else None
-        index = index_shards(args.source, names, max_image_pixels=args.max_image_pixels, quiet=args.quiet)
+        index = index_shards(args.source, names, max_image_pixels=data_spec(args, args.source).max_image_pixels,
+                             quiet=args.quiet)
         return _report(index, args.source, args.json)
     if args.class_names:
         raise ConfigError("--class-names goes with --index; an image folder names its classes by its sub-folders")
     if not args.out:
         raise ConfigError("give --out DIR, the folder to write the shards into")
-    index = shard_data(args.source, args.out, shard_size=args.shard_size, split_seed=args.split_seed,
-                       val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                       skip_bad_images=args.skip_bad_images, max_image_pixels=args.max_image_pixels,
+    index = shard_data(data_spec(args, args.source), args.out, shard_size=args.shard_size,
                        overwrite=args.overwrite, quiet=args.quiet)
     return _report(index, args.out, args.json)
 

@@ -1,18 +1,16 @@
-"""`vitkit train`: train a ViT on a dataset; every config field is a flag."""
+"""`vitkit train`: train a ViT on a dataset; every config field is a flag. The run flags and
+their handling are shared with `vitkit pretrain`, which runs on the same engine."""
 
 from __future__ import annotations
 
-
 from vitkit.cli.main import print_json
-from vitkit.cli.options import MAX_IMAGE_PIXELS_HELP, add_dataclass_flags, add_model_flags, collect
+from vitkit.cli.options import add_data_flags, add_dataclass_flags, add_model_flags, collect, data_spec
 from vitkit.data.augment import AugmentConfig
 from vitkit.errors import ConfigError
 from vitkit.train import TrainConfig, train
 from vitkit.train.distributed import is_main_process
 
 TRAIN_HELP = {
-    "data": "digits (bundled), an image folder, a CIFAR-10/100 python folder, an .npz with x and y, or a "
-            "folder written by `vitkit shard` (streamed, never held in memory)",
     "out": "run folder (default runs/<timestamp>)",
     "model": "auto (picked from the data), custom, or a preset from `vitkit models`",
     "init": "checkpoint to fine-tune from (new zero-initialised head, embeddings resized)",
@@ -41,8 +39,6 @@ TRAIN_HELP = {
             "(FSDP2) instead of replicating the model (DDP); for L and H models",
     "train_fraction": "train on this stratified share (0, 1] of the training split, the same images for every seed",
     "image_size": "model input side (default: from the data)",
-    "skip_bad_images": "skip unreadable images (counted in a warning) instead of stopping",
-    "max_image_pixels": MAX_IMAGE_PIXELS_HELP,
     "workers": "shard folders: DataLoader processes that decode images (unset: one per CPU, at most 4)",
     "shuffle_buffer": "shard folders: images in the shuffle buffer",
     "teacher": "checkpoint of the teacher for distillation (any model vitkit loads, e.g. a ResNet)",
@@ -58,46 +54,76 @@ TRAIN_HELP = {
 }
 
 
+# TrainConfig fields that only pre-training uses, and those that need labels.
+PRETRAIN_FIELDS = ("objective", "mask_ratio", "decoder_width", "decoder_depth", "decoder_heads", "norm_pix")
+LABEL_FIELDS = ("freeze", "recipe", "label_smoothing", "teacher", "distill", "distill_alpha", "distill_tau",
+                "adversarial", "adv_eps", "adv_steps", "adv_step_size", "adv_ratio")
+# What a resumed launch may still choose: where to write, where to run, whether to shard.
+RESUME_FLAGS = ("out", "device", "fsdp")
+
+
+def add_run_flags(p, *, skip: tuple[str, ...], help_text: dict, title: str = "training") -> None:
+    """--config, --resume, --json and every TrainConfig, data, model and augmentation flag but
+    those in `skip`."""
+    p.add_argument("--config", help="YAML config, e.g. a run's config.yaml (flags override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_data_flags(p)
+    add_dataclass_flags(p.add_argument_group(title), TrainConfig, dest_prefix="train_",
+                        skip=("data", *skip), help_text=help_text)
+    add_model_flags(p)
+    add_dataclass_flags(p.add_argument_group("augmentation (defaults picked from the data)"),
+                        AugmentConfig, dest_prefix="aug_", skip=("label_smoothing", "mixup", "cutmix")
+                        if "label_smoothing" in skip else ("label_smoothing",), show_defaults=False)
+
+
 def register(sub, parent) -> None:
     p = sub.add_parser("train", parents=[parent], help="train a model",
                        description="Train a Vision Transformer. With no flags: the bundled digits, "
                                    "with model, epochs and augmentation picked from the data.")
-    p.add_argument("--config", help="YAML config, e.g. a run's config.yaml (flags override it)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    add_dataclass_flags(p.add_argument_group("training"), TrainConfig, dest_prefix="train_",
-                        help_text=TRAIN_HELP)
-    add_model_flags(p)
-    add_dataclass_flags(p.add_argument_group("augmentation (defaults picked from the data)"),
-                        AugmentConfig, dest_prefix="aug_", skip=("label_smoothing",))
+    add_run_flags(p, skip=PRETRAIN_FIELDS, help_text=TRAIN_HELP)
     p.set_defaults(func=run)
 
 
-def build_config(args) -> TrainConfig:
+def build_config(args, **fixed) -> TrainConfig:
+    """The TrainConfig of --config (or the defaults) with the flags given on top; `fixed`
+    values override both."""
     base = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
     d = base.to_dict()
     d.update(collect(args, "train_"))
+    d["data"] = data_spec(args, base.data).to_dict()
     d["model_options"] = {**d["model_options"], **collect(args, "model_")}
     d["augment"] = {**d["augment"], **collect(args, "aug_")}
+    d.update(fixed)
     return TrainConfig.from_dict(d)
 
 
+def run_config(args, command: str, **fixed) -> tuple[TrainConfig, bool]:
+    """(config, resume): with --resume only the run folder and the launch's own choices (device,
+    FSDP) may be given; the rest comes from the run's saved config.yaml."""
+    if not args.resume:
+        return build_config(args, **fixed), False
+    given = set(collect(args, "train_")) | set(collect(args, "model_")) | set(collect(args, "aug_"))
+    given |= {"data" if name == "source" else name for name in collect(args, "data_")}
+    extra = sorted(given - set(RESUME_FLAGS))
+    if extra or args.config:
+        raise ConfigError(f"`vitkit {command} --resume` continues the run with its saved config.yaml; drop "
+                          + ", ".join("--" + e.replace("_", "-") for e in extra or ["config"]))
+    launch = {k: v for k, v in collect(args, "train_").items() if k in RESUME_FLAGS}
+    return TrainConfig(**launch), True
+
+
 def run(args) -> int:
-    if args.resume:
-        given = set(collect(args, "train_")) | set(collect(args, "model_")) | set(collect(args, "aug_"))
-        extra = sorted(given - {"out", "device", "fsdp"})
-        if extra or args.config:
-            raise ConfigError("--resume continues the run with its saved config.yaml; drop "
-                              + ", ".join("--" + e.replace("_", "-") for e in extra or ["config"]))
-        launch = {k: v for k, v in collect(args, "train_").items() if k in ("device", "fsdp")}
-        cfg = TrainConfig(out=getattr(args, "train_out", None), **launch)
-    else:
-        cfg = build_config(args)
-    summary = train(cfg, resume=args.resume, quiet=args.quiet)
+    cfg, resume = run_config(args, "train")
+    summary = train(cfg, resume=resume, quiet=args.quiet)
     if not is_main_process():
         return 0
     if args.json:
         print_json(summary)
+    elif "test_acc" not in summary:  # a pre-training run resumed with `vitkit train --resume`
+        from vitkit.cli.pretrain_cmd import print_summary
+
+        print_summary(summary)
     else:
         n = summary["test_n"]
         which = ("last" if summary["select"] == "last" else "best-validation") + " model"
@@ -109,4 +135,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["register", "run", "build_config"]
+__all__ = ["register", "run", "build_config", "run_config", "add_run_flags"]

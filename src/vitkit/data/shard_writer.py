@@ -30,7 +30,8 @@ from vitkit.data.images import (BadImage, ImageHeader, Size, describe_bad, most_
                                 progress, progress_bar, raise_if_bad, read_header, read_pixels, relative_bad)
 from vitkit.data.shards import (FORMAT, FORMAT_VERSION, INDEX_NAME, SPLITS, ShardFile, is_shard_folder,
                                 read_whole_shard)
-from vitkit.data.sources import check_split_options, load_data
+from vitkit.data.sources import load_data
+from vitkit.data.spec import DataSpec
 from vitkit.errors import ConfigError, DataError
 from vitkit.io import atomic_path, write_json
 from vitkit.progress import Progress
@@ -59,16 +60,19 @@ class _Item:
         return "png", buffer.getvalue()
 
 
-def shard_data(source: str | os.PathLike, out: str | os.PathLike, *, shard_size: int = DEFAULT_SHARD_SIZE,
-               split_seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-               skip_bad_images: bool = False, max_image_pixels: int | None = None,
-               overwrite: bool = False, quiet: bool = False) -> dict:
-    """Write `source` as shards of `shard_size` images into `out`; returns dataset.json's content."""
-    check_split_options(val_fraction, test_fraction, None)
+def shard_data(source: DataSpec | str | os.PathLike, out: str | os.PathLike, *,
+               shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False, quiet: bool = False,
+               **options) -> dict:
+    """Write `source` (a DataSpec or a source string; `options` override the spec's fields) as
+    shards of `shard_size` images into `out`, split as `load_data` splits it; returns
+    dataset.json's content."""
+    data = DataSpec.of(source, **options)
+    split_seed, val_fraction, test_fraction = data.split_seed, data.val_fraction, data.test_fraction
+    skip_bad_images, max_image_pixels = data.skip_bad_images, data.max_image_pixels
     if shard_size <= 0:
         raise ConfigError(f"shard size must be a positive number of images, not {shard_size}")
     out = Path(out).expanduser()
-    spec = os.fspath(source)
+    spec = data.source
     folder = Path(spec).expanduser()
     is_folder = spec != "digits" and folder.is_dir() and not is_shard_folder(folder) \
         and cifar.find_cifar_folder(folder) is None

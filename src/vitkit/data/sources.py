@@ -7,6 +7,8 @@
     path/to/shards    a folder written by `vitkit shard` (dataset.json + tar shards), read
                       whole; training streams it instead (data/shards.py)
 
+The source and how it is split and read are one `DataSpec` (data/spec.py).
+
 Parts a source does not provide (val, or val and test) are carved from its training images
 by a stratified split, deterministic for `split_seed`.
 """
@@ -30,6 +32,7 @@ from vitkit.data.images import (BadImage, Size, decode_all, describe_bad, most_c
                                 pixel_limit, progress, raise_if_bad, read_header, read_pixels, relative_bad,
                                 target_size)
 from vitkit.data.shards import is_shard_folder, read_shards
+from vitkit.data.spec import DataSpec
 from vitkit.errors import ConfigError, DataError
 from vitkit.npz import read_arrays
 
@@ -39,22 +42,22 @@ _LUMA = (0.299, 0.587, 0.114)
 _RESIZE_CHUNK = 1024
 
 
-def load_data(spec: str | os.PathLike = "digits", *, split_seed: int = 0, val_fraction: float = 0.1,
-              test_fraction: float = 0.2, image_size: int | Sequence[int] | None = None,
-              channels: int | None = None, skip_bad_images: bool = False,
-              max_image_pixels: int | None = None, quiet: bool = False) -> DataSplits:
+def load_data(spec: DataSpec | str | os.PathLike = "digits", *, image_size: int | Sequence[int] | None = None,
+              channels: int | None = None, quiet: bool = False, **options) -> DataSplits:
     """Read a data source into train/val/test splits of uint8 images.
 
+    `spec` is a `DataSpec` or a source string (digits, an image folder, a CIFAR folder, an
+    .npz file, a shard folder); `options` override the spec's fields (`split_seed`,
+    `val_fraction`, `test_fraction`, `skip_bad_images`, `max_image_pixels`: see `DataSpec`).
     `image_size` (int or (H, W)) and `channels` (1 or 3) convert every image; by default a
     folder's images take its most common size and are grey only if every file is grey.
-    `val_fraction` and `test_fraction` are fractions of the images being split.
-    `max_image_pixels` refuses larger image files (decompression bombs): None is
-    $VITKIT_MAX_IMAGE_PIXELS or Pillow's default of 89,478,485, 0 is no limit.
     """
-    check_split_options(val_fraction, test_fraction, channels)
-    spec = os.fspath(spec)
+    data = DataSpec.of(spec, **options)
+    check_split_options(data.val_fraction, data.test_fraction, channels)
+    spec, split_seed = data.source, data.split_seed
+    skip_bad_images, max_image_pixels = data.skip_bad_images, data.max_image_pixels
     size = target_size(image_size, max_image_pixels)
-    fractions = {"val": val_fraction, "test": test_fraction}
+    fractions = {"val": data.val_fraction, "test": data.test_fraction}
     if spec == "digits":
         images, labels, names = _digits()
         parts = {"all": _image_set(images, labels, size, channels)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -14,9 +14,13 @@ from vitkit.progress import Progress
 
 @torch.no_grad()
 def predict_logits(model: VisionTransformer, images: torch.Tensor, batch_size: int = 512,
-                   precision: str = "fp32", progress: bool = False) -> torch.Tensor:
+                   precision: str = "fp32", progress: bool = False,
+                   logits_of: Callable[[VisionTransformer, torch.Tensor], torch.Tensor] | None = None
+                   ) -> torch.Tensor:
     """Logits (N, K) in float32 for uint8 images (N, C, H, W); other sizes and channel counts
-    are adapted to the model's input. `progress` shows a bar (vitkit.progress) for long sets."""
+    are adapted to the model's input. `progress` shows a bar (vitkit.progress) for long sets.
+    `logits_of(model, x)` picks what is predicted for normalised input x (default: the model's
+    output; e.g. one head of a distilled model)."""
     was_training = model.training
     model.eval()
     ref = next(model.parameters())
@@ -26,7 +30,7 @@ def predict_logits(model: VisionTransformer, images: torch.Tensor, batch_size: i
         for start in range(0, images.shape[0], batch_size):
             x = prepare_images(images[start:start + batch_size].to(ref.device, non_blocking=True), cfg)
             with autocast(ref.device, precision):
-                out.append(model(x).float())
+                out.append((model(x) if logits_of is None else logits_of(model, x)).float())
             bar.update(x.shape[0])
     model.train(was_training)
     if not out:
@@ -35,12 +39,13 @@ def predict_logits(model: VisionTransformer, images: torch.Tensor, batch_size: i
 
 
 def predict_batches(model: VisionTransformer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+                    precision: str = "fp32", logits_of: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, K) float32 and labels (N,) for a stream of (uint8 images, labels) batches, one
-    batch in memory at a time (e.g. `vitkit.data.shards.load_batches`)."""
+    batch in memory at a time (e.g. `vitkit.data.shards.load_batches`); `logits_of` as for
+    `predict_logits`."""
     logits, labels = [], []
     for images, batch_labels in batches:
-        logits.append(predict_logits(model, images, images.shape[0], precision))
+        logits.append(predict_logits(model, images, images.shape[0], precision, logits_of=logits_of))
         labels.append(batch_labels)
     if not logits:
         return torch.empty(0, model.config.num_classes), torch.empty(0, dtype=torch.int64)

@@ -21,7 +21,7 @@ def cells(setup: Setup) -> list[Cell]:
     # training length, is what changes between cells.
     return [Cell(name=f"fraction{f:g}",
                  labels={"fraction": f"{f:g}",
-                         "images": len(training_subset(setup.data.train, f, setup.base.split_seed))},
+                         "images": len(training_subset(setup.data.train, f, setup.base.data.split_seed))},
                  changes={"train_fraction": float(f), "epochs": max(1, round(epochs / f))})
             for f in fractions]
 

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vitkit.data import DataSplits, load_data, training_subset
+from vitkit.data.spec import DataSpec
 from vitkit.errors import ConfigError, DataError
 from vitkit.evaluate import extract_features, fewshot_evaluate
 from vitkit.formats import load as load_checkpoint
@@ -60,7 +61,7 @@ def default_seeds(num_train: int) -> int:
 
 @dataclass
 class Settings:
-    data: str = "digits"
+    data: DataSpec | str = "digits"
     out: str = "experiment"
     epochs: int = 10
     seeds: int | None = None  # None: default_seeds(training images)
@@ -169,11 +170,11 @@ def check_same_config(stored: TrainConfig, wanted: TrainConfig, run_dir: Path) -
     """A finished or interrupted run is reused only if it was trained with this cell's config."""
     have, want = _plain(stored.to_dict()), _plain(wanted.to_dict())
     for key, value in want.items():
-        # The pixel limit decides which files are read, not what is trained on them.
-        if key in ("out", "max_image_pixels") or value is None:
+        if key == "out" or value is None:
             continue
         if isinstance(value, dict):
-            differ = [k for k in value if have[key].get(k) != value[k]]
+            # The pixel limit decides which files are read, not what is trained on them.
+            differ = [k for k in value if have[key].get(k) != value[k] and (key, k) != ("data", "max_image_pixels")]
             if differ:
                 k = differ[0]
                 raise ConfigError(f"{run_dir} was run with {key}.{k}={have[key].get(k)!r}, not {value[k]!r}; "
@@ -263,7 +264,7 @@ def run_cell(setup: Setup, cell: Cell, seed: int, run_dir: Path, fewshot: bool,
         score = read_fewshot(path, s.fewshot_repeats)
         if score is None:
             fraction = wanted.train_fraction
-            train_part = training_subset(setup.data.train, fraction, wanted.split_seed)
+            train_part = training_subset(setup.data.train, fraction, wanted.data.split_seed)
             score = fewshot_score(summary["checkpoint"], train_part, setup.data.test, s.shots,
                                   s.fewshot_repeats, seed)
             write_json(path, score)
@@ -309,13 +310,10 @@ def run_experiment(experiment: Experiment, settings: Settings) -> dict:
         earlier = stored.get("experiment")
         if earlier != experiment.name:
             raise ConfigError(f"{out} holds the {earlier!r} experiment; choose another --out for {experiment.name!r}")
-    data = load_data(settings.data, split_seed=settings.train_options.get("split_seed", 0),
-                     val_fraction=settings.train_options.get("val_fraction", 0.1),
-                     test_fraction=settings.train_options.get("test_fraction", 0.2),
-                     max_image_pixels=settings.train_options.get("max_image_pixels"))
+    data = load_data(settings.data, quiet=settings.quiet)
     setup = Setup(settings, data, pinned_base(settings, data))
     cells = experiment.cells(setup)
-    write_json(marker, {"experiment": experiment.name, "data": settings.data})
+    write_json(marker, {"experiment": experiment.name, "data": DataSpec.of(settings.data).source})
     seeds = settings.seeds if settings.seeds is not None else default_seeds(len(data.train))
     if settings.seeds is None:
         why = (f"at most {SMALL_DATA_IMAGES:,}: small runs vary from seed to seed" if seeds > 1

@@ -13,9 +13,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from vitkit.errors import ConfigError
 from vitkit.device import autocast
+from vitkit.errors import ConfigError
 from vitkit.evaluate.preprocess import normalize, resize_images
+from vitkit.objectives.base import Draws, Objective
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -68,13 +69,15 @@ def fgsm(logits_fn: LogitsFn, pixels: torch.Tensor, targets: torch.Tensor, eps: 
 
 def pgd(logits_fn: LogitsFn, pixels: torch.Tensor, targets: torch.Tensor, eps: float, steps: int = 10,
         step_size: float | None = None, random_start: bool = False,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        noise: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient descent on the loss within the eps-ball (L-infinity) and [0, 1].
 
     `step_size` defaults to 2.5 * eps / steps (Madry et al.). Each example keeps its strongest
     iterate: the first that is misclassified, else the one of highest loss; so without a random
     start and with step_size >= eps (the first step is then FGSM's), PGD never does worse than
     FGSM. Targets for the "misclassified" test are the labels (or the soft targets' argmax).
+    A random start is uniform in the ball: `noise` (uniform in [0, 1), the batch's shape) gives
+    its draws, else they come from torch's global generator.
     """
     if eps < 0 or steps < 1:
         raise ConfigError(f"PGD needs eps >= 0 and steps >= 1, got eps {eps} and steps {steps}")
@@ -85,36 +88,37 @@ def pgd(logits_fn: LogitsFn, pixels: torch.Tensor, targets: torch.Tensor, eps: f
     labels = targets if targets.dim() == 1 else targets.argmax(dim=-1)
     x = clean
     if random_start:
-        noise = torch.rand(clean.shape, generator=generator).to(clean) * 2 - 1
-        x = _project(clean + eps * noise, clean, eps)
+        noise = torch.rand(clean.shape).to(clean) if noise is None else noise.to(clean)
+        x = _project(clean + eps * (noise * 2 - 1), clean, eps)
+    # Per example: the strongest iterate so far, whether it fools the model, and its loss.
     best = x.clone()
     best_fooled = torch.zeros(clean.shape[0], dtype=torch.bool, device=clean.device)
     best_loss = torch.full((clean.shape[0],), -float("inf"), device=clean.device)
-
-    def keep_strongest(candidate, logits, loss):
-        fooled = logits.argmax(dim=-1) != labels
-        better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
-        best[better] = candidate[better]
-        best_fooled[better] = fooled[better]
-        best_loss[better] = loss[better]
-
-    for step in range(steps):
-        grad, logits, loss = _input_gradient(logits_fn, x, targets)
+    for step in range(steps + 1):
+        if step < steps:
+            grad, logits, loss = _input_gradient(logits_fn, x, targets)
+        else:
+            with torch.no_grad():
+                logits = logits_fn(x).float()
+            loss = _loss_per_example(logits, targets)
         if step:  # the clean or randomly started point itself is not an adversarial example
-            keep_strongest(x, logits, loss)
-        x = _project(x + step_size * grad.sign(), clean, eps)
-    with torch.no_grad():
-        logits = logits_fn(x).float()
-    keep_strongest(x, logits, _loss_per_example(logits, targets))
+            fooled = logits.argmax(dim=-1) != labels
+            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x, best)
+            best_fooled = torch.where(better, fooled, best_fooled)
+            best_loss = torch.where(better, loss, best_loss)
+        if step < steps:
+            x = _project(x + step_size * grad.sign(), clean, eps)
     return best
 
 
 def attack(kind: str, logits_fn: LogitsFn, pixels: torch.Tensor, targets: torch.Tensor, eps: float,
-           steps: int = 10, step_size: float | None = None, random_start: bool = False) -> torch.Tensor:
+           steps: int = 10, step_size: float | None = None, random_start: bool = False,
+           noise: torch.Tensor | None = None) -> torch.Tensor:
     if kind == "fgsm":
         return fgsm(logits_fn, pixels, targets, eps)
     if kind == "pgd":
-        return pgd(logits_fn, pixels, targets, eps, steps, step_size, random_start)
+        return pgd(logits_fn, pixels, targets, eps, steps, step_size, random_start, noise)
     raise ConfigError(f"attack must be one of {', '.join(ATTACKS)}, not {kind!r}")
 
 
@@ -147,3 +151,41 @@ def adversarial_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: t
     n = int(images.shape[0])
     return {"attack": kind, "eps": eps, "top1": correct / n if n else 0.0, "n": n,
             "max_perturbation": largest}
+
+
+class Adversarial(Objective):
+    """Adversarial training around another objective (supervised or distillation): each batch
+    is attacked with the model frozen in evaluation mode (no dropout while attacking; PGD from a
+    random point of the ball, Madry et al.), and the loss is
+    (1 - ratio) * inner(clean) + ratio * inner(attacked)."""
+
+    def __init__(self, inner: Objective, kind: str, eps: float, steps: int, step_size: float | None,
+                 ratio: float, precision: str = "fp32"):
+        super().__init__()
+        if kind not in ATTACKS:
+            raise ConfigError(f"attack must be one of {', '.join(ATTACKS)}, not {kind!r}")
+        self.inner = inner
+        self.kind, self.eps, self.steps, self.step_size, self.ratio = kind, eps, steps, step_size, ratio
+        self.precision = precision
+
+    def attacked(self, model: torch.nn.Module, pixels: torch.Tensor, targets: torch.Tensor,
+                 draws: Draws) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        noise = draws.uniform(*pixels.shape[1:]) if self.kind == "pgd" else None
+        adv = attack(self.kind, model_logits_fn(model, self.precision), pixels, targets, self.eps, self.steps,
+                     self.step_size, random_start=self.kind == "pgd", noise=noise)
+        model.train(was_training)
+        return adv
+
+    def forward(self, model, pixels, targets, draws: Draws) -> dict[str, torch.Tensor]:
+        attacked = self.inner(model, self.attacked(model, pixels, targets, draws), targets, draws)
+        if self.ratio == 1.0:
+            return attacked
+        clean = self.inner(model, pixels, targets, draws)
+        return {**clean, "loss": (1.0 - self.ratio) * clean["loss"] + self.ratio * attacked["loss"]}
+
+    @torch.no_grad()
+    def evaluate(self, model, pixels, labels, draws: Draws) -> dict[str, torch.Tensor]:
+        """Clean loss and accuracy; `vitkit eval --attack` measures the robust ones."""
+        return self.inner.evaluate(model, pixels, labels, draws)

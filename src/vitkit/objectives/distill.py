@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vitkit.data.augment import soft_targets
-from vitkit.errors import ConfigError
 from vitkit.device import autocast
+from vitkit.errors import ConfigError
+from vitkit.evaluate.classification import predict_logits
 from vitkit.evaluate.preprocess import fit_pixels, normalize
 from vitkit.formats import load as load_checkpoint
+from vitkit.objectives.base import Draws, Objective
+from vitkit.objectives.supervised import classifier_sums, soft_cross_entropy
 
 DISTILL_KINDS = ("soft", "hard")
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+# DeiT's settings: soft distillation with tau 3 and a 0.1 weight on the teacher term, hard
+# distillation with the two terms weighted equally.
+DEFAULT_ALPHA = {"soft": 0.1, "hard": 0.5}
+DEFAULT_TAU = 3.0
 
 
 def distillation_loss(logits_cls: torch.Tensor, logits_dist: torch.Tensor, targets: torch.Tensor,
@@ -78,6 +82,41 @@ class Teacher:
             return self.model(x.to(ref.device)).float()
 
 
+def check_teacher_student(teacher_classes: int, student_classes: int, teacher: str) -> None:
+    if teacher_classes != student_classes:
+        raise ConfigError(f"the teacher {teacher} predicts {teacher_classes} classes, the student "
+                          f"{student_classes}; use a teacher trained on this data")
+
+
+class Distillation(Objective):
+    """The student's two heads against the labels and the teacher. The teacher is held outside
+    the objective's parameters: it is neither trained, saved nor wrapped for DDP/FSDP."""
+
+    def __init__(self, teacher: Teacher, kind: str, alpha: float, tau: float, label_smoothing: float,
+                 device: torch.device, precision: str = "fp32"):
+        super().__init__()
+        if kind not in DISTILL_KINDS:
+            raise ConfigError(f"distill must be one of {', '.join(DISTILL_KINDS)}, not {kind!r}")
+        self.teacher = teacher
+        self.kind, self.alpha, self.tau, self.label_smoothing = kind, alpha, tau, label_smoothing
+        self.device, self.precision = device, precision
+
+    def forward(self, model, pixels, targets, draws: Draws) -> dict[str, torch.Tensor]:
+        teacher_logits = self.teacher(pixels)
+        with autocast(self.device, self.precision):
+            out = model.forward_intermediates(normalize(pixels, model.config))
+        loss = distillation_loss(out["logits_cls"], out["logits_dist"], targets, teacher_logits,
+                                 self.kind, self.alpha, self.tau, self.label_smoothing)
+        return {"loss": loss, "logits": out["logits"]}
+
+    @torch.no_grad()
+    def evaluate(self, model, pixels, labels, draws: Draws) -> dict[str, torch.Tensor]:
+        """The student's own loss and accuracy (both heads averaged), as it is used at test time."""
+        with autocast(self.device, self.precision):
+            logits = model(normalize(pixels, model.config))
+        return classifier_sums(logits, labels)
+
+
 HEADS = ("both", "cls", "dist")
 
 
@@ -93,16 +132,9 @@ def head_logits(model: torch.nn.Module, x: torch.Tensor, head: str = "both") -> 
     return model.forward_intermediates(x)["logits_cls" if head == "cls" else "logits_dist"]
 
 
-@torch.no_grad()
-def predict_head_logits(model: torch.nn.Module, images: torch.Tensor, head: str = "both",
+def predict_head_logits(model: nn.Module, images: torch.Tensor, head: str = "both",
                         batch_size: int = 512) -> torch.Tensor:
     """Float32 logits (N, K) of one head (see `head_logits`) for uint8 images (N, C, H, W)."""
-    from vitkit.evaluate.preprocess import prepare_images
-
-    was_training = model.training
-    model.eval()
-    ref = next(model.parameters())
-    out = [head_logits(model, prepare_images(images[i:i + batch_size].to(ref.device), model.config), head).float()
-           for i in range(0, images.shape[0], batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, model.config.num_classes)
+    if head not in HEADS:
+        raise ConfigError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
+    return predict_logits(model, images, batch_size, logits_of=lambda m, x: head_logits(m, x, head))

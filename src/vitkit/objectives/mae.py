@@ -13,10 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitkit.device import autocast
 from vitkit.errors import ConfigError
+from vitkit.evaluate.preprocess import normalize
 from vitkit.models.config import ModelConfig
 from vitkit.models.posemb import sincos2d
 from vitkit.models.vit import Block, VisionTransformer
+from vitkit.objectives.base import Draws, Objective
 
 MASK_RATIO = 0.75
 
@@ -36,23 +39,34 @@ def unpatchify(patches: torch.Tensor, patch: int, grid: tuple[int, int], channel
     return x.permute(0, 5, 1, 3, 2, 4).reshape(b, channels, gh * patch, gw * patch)
 
 
-def random_keep(batch: int, num_patches: int, mask_ratio: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+def random_keep(batch: int, num_patches: int, mask_ratio: float, device,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, the indices of the visible patches (B, K) and a (B, N) bool mask of the hidden
-    ones, for a random subset of round((1 - mask_ratio) * N) >= 1 visible patches."""
+    ones, for a random subset of round((1 - mask_ratio) * N) >= 1 visible patches: the patches
+    of the lowest `noise` (B, N) (default: uniform draws of torch's global generator)."""
     keep_count = max(1, round((1.0 - mask_ratio) * num_patches))
-    order = torch.rand(batch, num_patches, device=device).argsort(dim=1)
+    if noise is None:
+        noise = torch.rand(batch, num_patches, device=device)
+    order = noise.argsort(dim=1)
     keep = order[:, :keep_count].sort(dim=1).values
     hidden = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
     hidden.scatter_(1, keep, False)
     return keep, hidden
 
 
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(Objective):
     """The decoder and the loss; the encoder is the VisionTransformer passed to `forward`."""
 
+    uses_labels = False
+    accuracy = ""
+    monitor = "val_loss"
+    higher_is_better = False
+
     def __init__(self, model: VisionTransformer, decoder_width: int = 64, decoder_depth: int = 1,
-                 decoder_heads: int = 2, mask_ratio: float = MASK_RATIO, norm_pix: bool = True):
+                 decoder_heads: int = 2, mask_ratio: float = MASK_RATIO, norm_pix: bool = True,
+                 device: torch.device | str = "cpu", precision: str = "fp32"):
         super().__init__()
+        self.device, self.precision = torch.device(device), precision
         cfg = model.config
         if cfg.posemb == "relative" or cfg.posemb_where != "stem":
             raise ConfigError("MAE pre-training needs position embeddings added once at the stem "
@@ -96,10 +110,21 @@ class MaskedAutoencoder(nn.Module):
             x, _ = block(x, self.grid)
         return self.predict(self.norm(x))
 
-    def forward(self, model: VisionTransformer, pixels: torch.Tensor, normalized: torch.Tensor) -> dict:
-        keep, hidden = random_keep(normalized.shape[0], self.grid[0] * self.grid[1], self.mask_ratio,
-                                   normalized.device)
-        predicted = self.reconstruct(model, normalized, keep).float()
+    def _error(self, model: VisionTransformer, pixels: torch.Tensor, draws: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared error per hidden patch (B, N) (zero at the visible ones) and the hidden mask."""
+        normalized = normalize(pixels, model.config)
+        n = self.grid[0] * self.grid[1]
+        keep, hidden = random_keep(normalized.shape[0], n, self.mask_ratio, normalized.device, draws.uniform(n))
+        with autocast(self.device, self.precision):
+            predicted = self.reconstruct(model, normalized, keep).float()
         error = ((predicted - self.targets(normalized)) ** 2).mean(dim=-1)
-        loss = (error * hidden).sum() / hidden.sum()
-        return {"loss": loss, "count": int(hidden.sum())}
+        return error * hidden, hidden
+
+    def forward(self, model, pixels, targets, draws: Draws) -> dict[str, torch.Tensor]:
+        error, hidden = self._error(model, pixels, draws)
+        return {"loss": error.sum() / hidden.sum()}
+
+    @torch.no_grad()
+    def evaluate(self, model, pixels, labels, draws: Draws) -> dict[str, torch.Tensor]:
+        error, hidden = self._error(model, pixels, draws)
+        return {"loss": error.sum(), "count": hidden.sum()}

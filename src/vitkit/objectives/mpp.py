@@ -1,8 +1,10 @@
 """Masked patch prediction: the paper's self-supervised objective (section 4.6, appendix B.1.2).
 
 Half of the patch embeddings (each independently, with chance 0.5) are corrupted: 80% of those
-become a learnable [mask] embedding, 10% the embedding of a random other patch of the batch,
-10% stay as they are. A linear head on the encoder output at every corrupted position
+become a learnable [mask] embedding, 10% the embedding of a random other patch, 10% stay as
+they are. The random patch is another patch of the same image, so that what an image's patches
+become depends on that image alone, whatever else shares its batch or its process (the paper
+does not say where the random patch comes from). A linear head on the encoder output at every corrupted position
 predicts that patch's 3-bit mean colour: the mean of each channel over the patch's pixels,
 quantised to 8 levels, gives 8^3 = 512 classes for RGB.
 
@@ -17,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitkit.device import autocast
+from vitkit.evaluate.preprocess import normalize
 from vitkit.models.vit import VisionTransformer
+from vitkit.objectives.base import Draws, Objective
 
 BITS = 3
 CORRUPT_RATE = 0.5
@@ -47,59 +52,85 @@ def mean_colour_targets(pixels: torch.Tensor, patch: int, bits: int = BITS) -> t
     return classes.flatten(1)
 
 
+def corruption_plan(draws: torch.Tensor, rate: float = CORRUPT_RATE, mask_share: float = MASK_SHARE,
+                    random_share: float = RANDOM_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
+    """From (B, 3, N) uniform draws: the kind of each patch (B, N) (KEPT for untouched patches,
+    MASKED / RANDOM / UNCHANGED for the corrupted ones) and, for RANDOM ones, the index (B, N)
+    of the other patch of the same image that replaces it."""
+    corrupted, how, pick = draws.unbind(1)
+    n = draws.shape[-1]
+    kind = torch.full(corrupted.shape, KEPT, dtype=torch.long, device=draws.device)
+    kind = torch.where(corrupted < rate, UNCHANGED, kind)
+    kind = torch.where((corrupted < rate) & (how < mask_share + random_share), RANDOM, kind)
+    kind = torch.where((corrupted < rate) & (how < mask_share), MASKED, kind)
+    # A uniformly drawn other patch: draw from the n - 1 others and skip over oneself.
+    own = torch.arange(n, device=draws.device)
+    other = (pick * max(n - 1, 1)).long().clamp(max=max(n - 2, 0))
+    other = other + (other >= own).long() if n > 1 else own.expand_as(other)
+    return kind, other
+
+
+def apply_corruption(patches: torch.Tensor, kind: torch.Tensor, other: torch.Tensor,
+                     mask_token: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) patch embeddings with the plan of `corruption_plan` applied."""
+    d = patches.shape[-1]
+    replaced = torch.where((kind == RANDOM).unsqueeze(-1), patches.gather(1, other.unsqueeze(-1).expand(-1, -1, d)),
+                           patches)
+    return torch.where((kind == MASKED).unsqueeze(-1), mask_token.reshape(1, 1, d).to(patches), replaced)
+
+
 def corrupt_patches(patches: torch.Tensor, mask_token: torch.Tensor, rate: float = CORRUPT_RATE,
-                    mask_share: float = MASK_SHARE, random_share: float = RANDOM_SHARE
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Corrupt (B, N, D) patch embeddings. Returns (corrupted embeddings, kind (B, N)) with kind
-    KEPT for untouched patches and MASKED / RANDOM / UNCHANGED for the corrupted ones."""
-    b, n, d = patches.shape
-    device = patches.device
-    corrupted = torch.rand(b, n, device=device) < rate
-    draw = torch.rand(b, n, device=device)
-    kind = torch.full((b, n), KEPT, dtype=torch.long, device=device)
-    kind[corrupted & (draw < mask_share)] = MASKED
-    kind[corrupted & (draw >= mask_share) & (draw < mask_share + random_share)] = RANDOM
-    kind[corrupted & (draw >= mask_share + random_share)] = UNCHANGED
-
-    flat = patches.reshape(b * n, d)
-    # A uniformly drawn other patch of the batch: draw from b*n - 1 and skip over oneself.
-    own = torch.arange(b * n, device=device)
-    other = torch.randint(0, max(b * n - 1, 1), (b * n,), device=device)
-    other = other + (other >= own).long() if b * n > 1 else own
-    replaced = torch.where((kind == RANDOM).reshape(-1, 1), flat[other], flat)
-    replaced = torch.where((kind == MASKED).reshape(-1, 1), mask_token.reshape(1, d).to(flat), replaced)
-    return replaced.reshape(b, n, d), kind
+                    mask_share: float = MASK_SHARE, random_share: float = RANDOM_SHARE,
+                    draws: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrupt (B, N, D) patch embeddings. Returns (corrupted embeddings, kind (B, N)).
+    `draws` (B, 3, N) uniform in [0, 1) decide it (default: torch's global generator)."""
+    b, n, _ = patches.shape
+    if draws is None:
+        draws = torch.rand(b, 3, n, device=patches.device)
+    kind, other = corruption_plan(draws, rate, mask_share, random_share)
+    return apply_corruption(patches, kind, other, mask_token), kind
 
 
-class MaskedPatchPrediction(nn.Module):
+class MaskedPatchPrediction(Objective):
     """The objective's own parameters ([mask] embedding, colour head) and its loss."""
 
-    def __init__(self, model: VisionTransformer):
+    uses_labels = False
+    accuracy = "colour_acc"
+    monitor = "val_loss"
+    higher_is_better = False
+
+    def __init__(self, model: VisionTransformer, device: torch.device | str = "cpu", precision: str = "fp32"):
         super().__init__()
         cfg = model.config
         self.patch = cfg.stem_stride
+        self.device, self.precision = torch.device(device), precision
         self.mask_token = nn.Parameter(torch.zeros(cfg.width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.head = nn.Linear(cfg.width, num_colour_classes(cfg.in_chans))
 
-    def forward(self, model: VisionTransformer, pixels: torch.Tensor, normalized: torch.Tensor) -> dict:
-        """Loss and accuracy of the colour prediction on one batch: `pixels` in [0, 1] give the
-        targets, `normalized` is the model's input."""
+    def _sums(self, model: VisionTransformer, pixels: torch.Tensor, draws: Draws, reduction: str) -> dict:
+        """The colour prediction at the corrupted patches: `pixels` in [0, 1] give the targets
+        and, normalised, the model's input."""
         targets = mean_colour_targets(pixels, self.patch)
-        kinds = {}
-
-        def hook(patches):
-            corrupted, kinds["kind"] = corrupt_patches(patches, self.mask_token)
-            return corrupted
-
-        out = model.forward_intermediates(normalized, patch_hook=hook)
-        kind = kinds["kind"]
-        tokens = out["encoder"][:, model.config.num_prefix_tokens:]
-        chosen = kind != KEPT
-        logits = self.head(tokens[chosen]).float()
+        kind, other = corruption_plan(draws.uniform(3, targets.shape[1]))
+        with autocast(self.device, self.precision):
+            out = model.forward_intermediates(
+                normalize(pixels, model.config),
+                patch_hook=lambda patches: apply_corruption(patches, kind, other, self.mask_token))
+            tokens = out["encoder"][:, model.config.num_prefix_tokens:]
+            chosen = kind != KEPT
+            logits = self.head(tokens[chosen]).float()
         wanted = targets[chosen]
         if wanted.numel() == 0:
             loss = logits.sum() * 0.0
         else:
-            loss = F.cross_entropy(logits, wanted)
-        return {"loss": loss, "correct": (logits.argmax(-1) == wanted).sum(), "count": wanted.numel()}
+            loss = F.cross_entropy(logits, wanted, reduction=reduction)
+        return {"loss": loss, "correct": (logits.argmax(-1) == wanted).sum(),
+                "count": torch.tensor(wanted.numel(), device=pixels.device)}
+
+    def forward(self, model, pixels, targets, draws: Draws) -> dict[str, torch.Tensor]:
+        return self._sums(model, pixels, draws, "mean")
+
+    @torch.no_grad()
+    def evaluate(self, model, pixels, labels, draws: Draws) -> dict[str, torch.Tensor]:
+        return self._sums(model, pixels, draws, "sum")

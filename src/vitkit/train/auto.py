@@ -13,8 +13,10 @@ from vitkit.data.augment import default_augment
 from vitkit.data.dataset import DataSplits
 from vitkit.data.shards import ShardedSplits, default_workers
 from vitkit.errors import ConfigError
+from vitkit.formats import load as load_checkpoint
 from vitkit.models.config import ModelConfig, as_pair
 from vitkit.models.presets import preset_config
+from vitkit.objectives.distill import DEFAULT_ALPHA, DEFAULT_TAU
 from vitkit.train.config import TrainConfig
 
 # Compact transformers for small datasets, where even ViT-Ti/16's 5.7 M parameters overfit
@@ -48,14 +50,16 @@ def model_input_size(data_size: tuple[int, int]) -> tuple[int, int]:
 
 def resolve_model(cfg: TrainConfig, data: DataSplits | ShardedSplits, notes: list[str]) -> ModelConfig:
     options = dict(cfg.model_options)
-    for key, have in (("num_classes", data.num_classes), ("in_chans", data.channels)):
+    # A pre-trained encoder has no classifier: its head comes with fine-tuning.
+    classes = 0 if cfg.pretraining else data.num_classes
+    for key, have in (("num_classes", classes), ("in_chans", data.channels)):
         if key in options and int(options[key]) != have:
             raise ConfigError(f"--{key.replace('_', '-')} {options[key]} does not match the data, which has "
                               f"{have}; leave it out and vitkit takes it from the data")
     image_size = options.pop("image_size", None) or cfg.image_size or model_input_size(data.image_size)
     side = max(as_pair(image_size))
-    base = dict(image_size=image_size, in_chans=data.channels, num_classes=data.num_classes,
-                class_names=tuple(data.class_names))
+    base = dict(image_size=image_size, in_chans=data.channels, num_classes=classes,
+                class_names=() if cfg.pretraining else tuple(data.class_names))
     n = len(data.train)
     if cfg.model == "custom" or (cfg.model == "auto" and n < 20_000):
         shape = {**(TINY_DATA_MODEL if n < 5_000 else SMALL_DATA_MODEL),
@@ -74,6 +78,26 @@ def resolve_model(cfg: TrainConfig, data: DataSplits | ShardedSplits, notes: lis
         options.setdefault("patch_size", pick_patch_size(side))
         notes.append(f"model: {n} training images -> {name} with patch {options['patch_size']}")
     return preset_config(name, **{**base, **options})
+
+
+def distillation_defaults(cfg: TrainConfig, notes: list[str]) -> TrainConfig:
+    """With a teacher: DeiT's alpha and tau for the kind of distillation, and a distillation
+    token for a student trained from scratch (one given by --init must have one)."""
+    if cfg.distill == "none":
+        return cfg
+    changes: dict = {}
+    if cfg.distill_alpha is None:
+        changes["distill_alpha"] = DEFAULT_ALPHA[cfg.distill]
+    if cfg.distill_tau is None:
+        changes["distill_tau"] = DEFAULT_TAU
+    if cfg.init:
+        if not load_checkpoint(cfg.init).config.distill_token:
+            raise ConfigError(f"--teacher needs a student with a distillation token, and {cfg.init} has "
+                              "none; train the student from scratch (leave out --init)")
+    elif not cfg.model_options.get("distill_token"):
+        notes.append("distillation: the student gets a distillation token (distill_token=True)")
+        changes["model_options"] = {**cfg.model_options, "distill_token": True}
+    return cfg.replace(**changes) if changes else cfg
 
 
 def describe_augment(aug: dict) -> str:
@@ -95,6 +119,7 @@ def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits) -> tuple[TrainCo
     """Fill every `None` of `cfg` from the data; returns the resolved config, the model config
     and the notes that explain the choices."""
     notes: list[str] = []
+    cfg = distillation_defaults(cfg, notes)
     model_cfg = resolve_model(cfg, data, notes)
     n = len(data.train)
     finetune = cfg.recipe == "finetune"
@@ -118,7 +143,9 @@ def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits) -> tuple[TrainCo
         # Tiny sets: Muon for the blocks' weight matrices (AdamW for the rest) made a sixth fewer
         # test errors than AdamW alone on the digits, at the same learning rate and within the
         # same minute (docs/training.md, sixth round). It needs whole matrices, so not under --fsdp.
-        changes["optimizer"] = "sgd" if finetune else ("muon" if tiny and not cfg.fsdp else "adamw")
+        # Muon was measured for supervised training only; pre-training keeps AdamW (the paper's).
+        muon = tiny and not cfg.fsdp and not cfg.pretraining
+        changes["optimizer"] = "sgd" if finetune else ("muon" if muon else "adamw")
         if changes["optimizer"] == "muon":
             notes.append(f"optimizer: Muon for the blocks' weight matrices, AdamW for the rest, for "
                          f"{n} training images (--optimizer adamw is the paper's)")
@@ -139,7 +166,7 @@ def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits) -> tuple[TrainCo
         epochs = changes.get("epochs", cfg.epochs or 1)
         changes["warmup_epochs"] = 0.5 if finetune else min(5.0, max(1.0, round(epochs * 0.025)))
     if cfg.label_smoothing is None:
-        changes["label_smoothing"] = 0.0 if finetune else 0.1
+        changes["label_smoothing"] = 0.0 if finetune or cfg.pretraining else 0.1
     if cfg.grad_clip is None:
         changes["grad_clip"] = 1.0
     if cfg.workers is None:
@@ -155,6 +182,9 @@ def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits) -> tuple[TrainCo
         changes["select"] = "best" if cfg.early_stop else "last"
     picked = dataclasses.asdict(default_augment(model_cfg.image_size, model_cfg.in_chans, n))
     picked.pop("label_smoothing")
+    if cfg.pretraining:
+        # Mixup and CutMix mix labels, which pre-training has none of.
+        picked.update(mixup=0.0, cutmix=0.0)
     unknown = sorted(set(cfg.augment) - set(picked))
     if unknown:
         raise ConfigError(f"unknown augmentation option(s): {', '.join(unknown)}")

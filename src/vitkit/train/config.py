@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from vitkit.data.augment import AugmentConfig
+from vitkit.data.spec import SPLIT_FIELDS, DataSpec
 from vitkit.errors import ConfigError
 from vitkit.fields import check_fields
 from vitkit.models.config import ModelConfig
@@ -26,6 +27,10 @@ RECIPES = ("default", "finetune")
 DISTILL = ("none", "soft", "hard")
 ADVERSARIAL = ("none", "fgsm", "pgd")
 SELECT = ("last", "best")
+# What a run trains for: labels (with a teacher or attacks as options), or, without labels, the
+# paper's masked patch prediction or a masked autoencoder (`vitkit pretrain`).
+OBJECTIVES = ("supervised", "mpp", "mae")
+PRETRAIN_OBJECTIVES = ("mpp", "mae")
 
 
 # A config written by vitkit is about 2 KB with some 60 values. YAML aliases let a few lines
@@ -61,8 +66,10 @@ def _count_values(obj: Any, limit: int = MAX_CONFIG_VALUES) -> int:
 
 @dataclass
 class TrainConfig:
-    data: str = "digits"
+    # The dataset, its split and how it is read (a source string is taken as DataSpec(source)).
+    data: DataSpec = field(default_factory=DataSpec)
     out: str | None = None
+    objective: str = "supervised"
     # Model: a preset name, "custom", or "auto" (chosen from the data); options override it.
     model: str = "auto"
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -105,15 +112,9 @@ class TrainConfig:
     fsdp: bool = False
     eval_batch_size: int = 512
     seed: int = 0
-    split_seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
     # Train on this stratified share of the training split (same images for every seed).
     train_fraction: float = 1.0
     image_size: int | None = None
-    skip_bad_images: bool = False
-    # Image files above this many pixels are refused; None: $VITKIT_MAX_IMAGE_PIXELS or Pillow's default.
-    max_image_pixels: int | None = None
     # Streaming a shard folder (`vitkit shard`): the DataLoader processes that decode it (None:
     # one per CPU, at most 4; the batches do not depend on it) and the shuffle buffer in images.
     workers: int | None = None
@@ -131,8 +132,22 @@ class TrainConfig:
     adv_step_size: float | None = None
     adv_ratio: float = 0.5
 
+    # Self-supervised objectives (`vitkit pretrain`). MAE: the share of hidden patches, the
+    # decoder's size, and whether the pixels it reconstructs are normalised per patch.
+    mask_ratio: float = 0.75
+    decoder_width: int = 64
+    decoder_depth: int = 1
+    decoder_heads: int = 2
+    norm_pix: bool = True
+
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)
+        if not isinstance(self.data, DataSpec):
+            self.data = DataSpec.of(self.data)
+        if isinstance(self.betas, (list, tuple)):
+            self.betas = tuple(float(b) if isinstance(b, int) and not isinstance(b, bool) else b
+                               for b in self.betas)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        check_fields(type(self), values, "training")
         self.validate()
 
     def validate(self) -> None:
@@ -150,10 +165,9 @@ class TrainConfig:
         choice("distill", DISTILL)
         choice("adversarial", ADVERSARIAL)
         choice("select", SELECT)
-        if self.max_image_pixels is not None and self.max_image_pixels < 0:
-            raise ConfigError("max_image_pixels must be a number of pixels, 0 for no limit; got "
-                              f"{self.max_image_pixels}")
-        positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size", "shuffle_buffer")
+        choice("objective", OBJECTIVES)
+        positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size", "shuffle_buffer",
+                    "decoder_width", "decoder_depth", "decoder_heads")
         for name in positive:
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
@@ -173,8 +187,8 @@ class TrainConfig:
         if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         for name in ("val_fraction", "test_fraction"):
-            if not 0.0 <= getattr(self, name) < 0.5:
-                raise ConfigError(f"{name} must be in [0, 0.5), got {getattr(self, name)}")
+            if not 0.0 <= getattr(self.data, name) < 0.5:
+                raise ConfigError(f"{name} must be in [0, 0.5), got {getattr(self.data, name)}")
         if (self.distill != "none") != bool(self.teacher):
             raise ConfigError("distillation needs both --teacher CKPT and --distill soft|hard")
         if self.distill_alpha is not None and not 0.0 <= self.distill_alpha <= 1.0:
@@ -190,6 +204,20 @@ class TrainConfig:
             raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.freeze == "backbone" and not self.init:
             raise ConfigError("--freeze backbone needs --init CKPT (a trained backbone to keep)")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ConfigError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.objective != "supervised":
+            used = [flag for flag, on in (("--teacher", bool(self.teacher)), ("--adversarial", self.adversarial != "none"),
+                                          ("--freeze backbone", self.freeze != "none")) if on]
+            if used:
+                raise ConfigError(f"{' and '.join(used)} train(s) a classifier on labels; the {self.objective} "
+                                  "objective pre-trains without them: leave it out here and use it when "
+                                  "fine-tuning with `vitkit train --init`")
+
+    @property
+    def pretraining(self) -> bool:
+        """Whether the run learns without labels (a headless model comes out)."""
+        return self.objective in PRETRAIN_OBJECTIVES
 
     # ------------------------------------------------------------------ YAML
     def to_dict(self) -> dict[str, Any]:
@@ -199,6 +227,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a training config must be a mapping of option: value, not {type(d).__name__}")
+        d = _upgrade(d)
+        data = d.get("data", {})
+        check_fields(DataSpec, data if isinstance(data, dict) else {"source": data}, "data")
+        d = {**d, "data": DataSpec.of(data)}
         check_fields(cls, d, "training")
         check_fields(ModelConfig, d.get("model_options", {}), "model")
         check_fields(AugmentConfig, d.get("augment", {}), "augmentation")
@@ -235,3 +269,15 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A config in today's layout from one that older vitkit wrote: the data source as a string
+    with its split options beside it (before the DataSpec), or a `vitkit pretrain` config (its
+    own loop's, before pre-training ran on the Trainer), which has the same fields."""
+    d = dict(d)
+    if not isinstance(d.get("data", {}), dict) or any(name in d for name in SPLIT_FIELDS):
+        source = d.get("data", DataSpec.source)
+        spec = source if isinstance(source, dict) else {"source": source}
+        d["data"] = {**spec, **{name: d.pop(name) for name in SPLIT_FIELDS if name in d}}
+    return d

@@ -33,11 +33,8 @@ import sys
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from vitkit.errors import CheckpointError, ConfigError, VitkitError
-from vitkit.device import autocast
-from vitkit.evaluate.preprocess import prepare_images
 from vitkit.formats import apply_state
 from vitkit.models.vit import VisionTransformer
 
@@ -148,10 +145,6 @@ class Distributed:
                               "with `torchrun --nproc_per_node N -m vitkit train ...` or leave out --fsdp")
         if not self.active:
             return
-        if cfg.teacher or cfg.adversarial != "none":
-            raise ConfigError("distillation and adversarial training run their own forward passes "
-                              "outside DDP/FSDP and are not supported under torchrun; train them in "
-                              "one process")
         if cfg.fsdp and cfg.ema > 0:
             raise ConfigError("--ema keeps a full copy of the weights on every process, which --fsdp "
                               "does not; leave out --ema or --fsdp")
@@ -182,25 +175,26 @@ class Distributed:
         return self.tensor_device
 
     # ------------------------------------------------------------------ the model
-    def wrap(self, model: torch.nn.Module, fsdp: bool) -> torch.nn.Module:
-        """What the training step calls: the model itself in one process, DDP around it, or the
-        model sharded in place by FSDP2 (each transformer block, then the root, which holds the
-        stem, embeddings, final norm and head). Build the optimiser after this."""
+    def wrap(self, step: torch.nn.Module, fsdp: bool) -> torch.nn.Module:
+        """What the training step calls: the model and its objective as one module
+        (`train.step.TrainingStep`), itself in one process, DDP around it, or sharded in place by
+        FSDP2 (each transformer block, then the root, which holds the stem, embeddings, final
+        norm, head and the objective's own parameters). Build the optimiser after this."""
         if not self.active:
-            return model
-        device = next(model.parameters()).device
+            return step
+        device = next(step.parameters()).device
         if fsdp:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
             mesh = init_device_mesh(device.type, (self.world_size,))
-            for block in model.blocks:
+            for block in step.model.blocks:
                 fully_shard(block, mesh=mesh)
-            fully_shard(model, mesh=mesh)
-            self.fsdp, self.sharded = True, model
-            return model
+            fully_shard(step, mesh=mesh)
+            self.fsdp, self.sharded = True, step
+            return step
         self.ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            step, device_ids=[device.index] if device.type == "cuda" else None)
         return self.ddp
 
     def gradient_sync(self, final: bool):
@@ -219,6 +213,14 @@ class Distributed:
         if not self.active:
             return index
         return index.tensor_split(self.world_size)[self.rank]
+
+    def rows(self, total: int) -> range:
+        """The positions in a global batch of `total` images that `shard` gives this rank."""
+        if not self.active:
+            return range(total)
+        size, extra = divmod(total, self.world_size)
+        start = self.rank * size + min(self.rank, extra)
+        return range(start, start + size + (self.rank < extra))
 
     def sum_(self, *tensors: torch.Tensor) -> None:
         """Sum each tensor over the ranks, in place."""
@@ -251,30 +253,6 @@ class Distributed:
         if not self.active:
             return bool(finite)
         return self.max_over_ranks(int(not finite)) == 0
-
-    @torch.no_grad()
-    def validate(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 batch_size: int, precision: str) -> dict:
-        """Validation loss and accuracy of the whole split, computed in parts by the ranks and
-        summed: every rank returns the same numbers. Every rank runs the same number of
-        forward passes (FSDP gathers parameters in each), some possibly on empty parts."""
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        n = images.shape[0]
-        for start in range(0, n, batch_size):
-            part = self.shard(torch.arange(start, min(n, start + batch_size)))
-            x = prepare_images(images[part].to(device), model.config)
-            with autocast(device, precision):
-                logits = model(x).float()
-            y = labels[part].to(device)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-        model.train(was_training)
-        self.sum_(loss_sum, correct)
-        return {"val_loss": float(loss_sum) / n, "val_acc": float(correct) / n}
 
     # ------------------------------------------------------------------ rank 0 and the others
     def on_rank0(self, fn):
@@ -318,73 +296,83 @@ class Distributed:
     # ------------------------------------------------------------------ checkpoints
     # The full states are gathered to rank 0's CPU under FSDP, a collective every rank must
     # join; with DDP (and in one process) rank 0 holds them already. Other ranks get None.
-    def full_model_state(self, model: torch.nn.Module) -> dict | None:
+    # States are those of the TrainingStep: "model." and "objective." names.
+    def full_state(self, step: torch.nn.Module) -> dict | None:
         if not self.fsdp:
-            return model.state_dict() if self.is_main else None
+            return step.state_dict() if self.is_main else None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(step, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return state if self.is_main else None
 
-    def full_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+    def full_optimizer_state(self, step: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
         """In the single-process layout: `Optimizer.state_dict()`'s, keyed by parameter index."""
         if not self.fsdp:
             return optimizer.state_dict() if self.is_main else None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        state = get_optimizer_state_dict(model, optimizer,
+        state = get_optimizer_state_dict(step, optimizer,
                                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not self.is_main:
             return None
-        index = {name: i for i, name in enumerate(parameter_names(model, optimizer))}
+        index = {name: i for i, name in enumerate(parameter_names(step, optimizer))}
         return {"state": {index[name]: slots for name, slots in state["state"].items()},
                 "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
                                  for group in state["param_groups"]]}
 
-    def unsharded(self, model: torch.nn.Module) -> torch.nn.Module | None:
-        """The model itself, or under FSDP a full copy on rank 0's CPU (None elsewhere)."""
-        if not self.fsdp:
+    def unsharded(self, step: torch.nn.Module, model: torch.nn.Module) -> torch.nn.Module | None:
+        """`model` itself, or under FSDP (where `model` is `step.model`, sharded) a full copy on
+        rank 0's CPU (None elsewhere)."""
+        if not self.fsdp or model is not step.model:
             return model
-        state = self.full_model_state(model)
+        state = self.full_state(step)
         if state is None:
             return None
         full = VisionTransformer(model.config)
-        full.load_state_dict(state)
+        full.load_state_dict(split_state(state, "model."))
         return full
 
-    def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   model_state: dict | None, optimizer_state: dict | None, source: str) -> None:
-        """Load a checkpoint's full states, which only rank 0 has read, into every rank's
-        (replicated or sharded) model and optimiser."""
+    def load_state(self, step: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict | None,
+                   optimizer_state: dict | None, source: str) -> None:
+        """Load a checkpoint's full states (the TrainingStep's, "model." and "objective." names),
+        which only rank 0 has read, into every rank's (replicated or sharded) modules and
+        optimiser."""
         if not self.active:
-            apply_state(model, model_state, source=source)
+            apply_state(step.model, split_state(state, "model."), source=source)
+            check_fits(step.objective, split_state(state, "objective."), source)
+            step.objective.load_state_dict(split_state(state, "objective."))
             optimizer.load_state_dict(optimizer_state)
             return
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
-        names = parameter_names(model, optimizer)
+        names = parameter_names(step, optimizer)
         by_name: dict = {}
         if self.is_main:
-            check_fits(model, model_state, source)
+            check_fits(step, state, source)
             by_name = {
                 "state": {names[int(i)]: slots for i, slots in optimizer_state["state"].items()},
                 "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]}
                                  for group in optimizer_state["param_groups"]]}
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-        set_model_state_dict(model, dict(model_state) if self.is_main else {}, options=options)
-        set_optimizer_state_dict(model, optimizer, by_name, options=options)
+        set_model_state_dict(step, dict(state) if self.is_main else {}, options=options)
+        set_optimizer_state_dict(step, optimizer, by_name, options=options)
 
 
-def parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """The model's name of each optimiser parameter, in the optimiser's index order."""
-    name_of = {id(p): name for name, p in model.named_parameters()}
+def split_state(state: dict, prefix: str) -> dict:
+    """The entries of `state` under `prefix`, without it."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def parameter_names(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The module's name of each optimiser parameter, in the optimiser's index order."""
+    name_of = {id(p): name for name, p in module.named_parameters()}
     return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
-def check_fits(model: torch.nn.Module, state: dict, source: str) -> None:
-    """The names and full shapes of `state` against the model's (sharded or not)."""
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def check_fits(module: torch.nn.Module, state: dict, source: str) -> None:
+    """The names and full shapes of `state` against the module's (sharded or not)."""
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     wrong = sorted(set(own) ^ set(state)) + [k for k in own if k in state and tuple(state[k].shape) != own[k]]
     if wrong:
         raise CheckpointError(f"{source} does not fit the model ({', '.join(wrong[:8])}"

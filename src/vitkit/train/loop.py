@@ -1,116 +1,60 @@
-"""The training loop: in-memory data on the device (or a shard folder streamed through a
-DataLoader), batched augmentation, per-step LR schedule, per-epoch validation and checkpoints
-(and every N updates with --checkpoint-every), exact resume, a clean stop on SIGTERM, and no
-non-finite weights ever saved (docs/reliability.md).
+"""The training engine: one loop for every objective (supervised, distillation, adversarial
+training, masked patch prediction, MAE), in one process or under torchrun (DDP/FSDP2), from
+memory or streamed shards, with exact resume, a clean stop on SIGTERM and no non-finite weights
+ever saved (docs/reliability.md).
+
+The Trainer builds the run (data, model, objective, optimiser) and drives the epochs; it hands
+the batches to train/batches.py, checkpoints to train/checkpoints.py, the stop and NaN guards
+to train/guards.py and the measurements to train/evaluation.py. One optimiser update happens in
+`_update` and one backward in `train_epoch`, whatever the objective.
 
 No host-device synchronisation inside an epoch: losses, accuracies and the first non-finite
 loss accumulate in device tensors and are read at epoch ends and checkpoints. (With
---skip-nonfinite every step's loss is read, to decide whether to skip it.)
+--skip-nonfinite, on the CPU or under torchrun every step's loss is read, to decide whether
+to skip it.)
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import math
-import signal
+import os
 import sys
-import threading
 import time
 import traceback
-from pathlib import Path
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from vitkit.data import load_data
 from vitkit.data.augment import AugmentConfig, Augmenter
-from vitkit.data.dataset import training_subset
-from vitkit.data.shards import ShardBatches, is_shard_folder, load_batches, open_shards
-from vitkit.errors import CheckpointError, ConfigError, SaveError, StoppedBySignal, TrainingDiverged
-from vitkit.device import autocast, pick_device, pick_precision, seed_everything
-from vitkit.evaluate.classification import classification_metrics, predict_batches, predict_logits
-from vitkit.evaluate.preprocess import normalize, resize_images
+from vitkit.data.shards import is_shard_folder
+from vitkit.device import pick_device, pick_precision, seed_everything
+from vitkit.errors import ConfigError, StoppedBySignal, TrainingDiverged
 from vitkit.formats import load as load_checkpoint
-from vitkit.formats.native import save as save_model
-from vitkit.models.config import ModelConfig
-from vitkit.models.resize import resize_image_size
 from vitkit.models.vit import VisionTransformer
-from vitkit.objectives.training import build_objective, prepare_config
+from vitkit.objectives import build_objective
+from vitkit.objectives.base import Draws
 from vitkit.train.auto import resolve
+from vitkit.train.batches import RunBatches, read_splits
+from vitkit.train.checkpoints import Checkpoints
 from vitkit.train.config import TrainConfig
 from vitkit.train.distributed import Distributed, end_process_group, owns_process_group
+from vitkit.train.evaluation import classifier_test, split_sums
+from vitkit.train.guards import MAX_SKIPPED_IN_A_ROW, NonFiniteLoss, NonFiniteWatch, StopSignals
+from vitkit.train.init_model import build_model
 from vitkit.train.optim import EMA, build_optimizer, lr_factor, set_lr
 from vitkit.train.run import RunFolder
-from vitkit.train.state import check_fits_optimizer, load_training_state, restore_rng, save_training_state
-
-
-# With --skip-nonfinite, this many skipped updates in a row stop the run: an odd bad batch is
-# skipped, but a run whose every batch overflows is no longer training.
-MAX_SKIPPED_IN_A_ROW = 10
-
-# What to do about a failed save, by errno.
-SAVE_ADVICE = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space or raise the quota",
-               errno.EFBIG: "raise the file-size limit (ulimit -f)",
-               errno.EACCES: "make the folder writable", errno.EPERM: "make the folder writable",
-               errno.EROFS: "use a writable file system"}
+from vitkit.train.step import TrainingStep
 
 
 def new_progress() -> dict:
     """A run's progress as checkpoints store it. `epoch`: epochs done; `step`: steps done in
     the next epoch (0 except in a mid-epoch checkpoint, which also has `epoch_sums`, that
-    epoch's running loss/accuracy sums); `update`: optimiser updates done."""
-    return {"epoch": 0, "step": 0, "update": 0, "best_val_acc": -1.0, "best_epoch": -1,
+    epoch's running sums); `update`: optimiser updates done; `best`: the best value so far of
+    the objective's monitored validation number (None before the first epoch)."""
+    return {"epoch": 0, "step": 0, "update": 0, "best": None, "best_epoch": -1,
             "bad_epochs": 0, "train_seconds": 0.0, "skipped_updates": 0, "skipped_in_a_row": 0,
             "epoch_sums": None, "history": []}
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The permutation of the n training images for one epoch, a function of (seed, epoch) only."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator)
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
-
-
-def adapt_input_channels(state: dict, key: str, chans: int) -> None:
-    """Fit a patch-embedding kernel to another channel count: RGB -> grey sums the colour
-    filters (a grey image is R = G = B); grey -> RGB spreads the filter over the channels."""
-    w = state[key]
-    if w.shape[1] == chans:
-        return
-    if chans == 1:
-        state[key] = w.sum(dim=1, keepdim=True)
-    elif w.shape[1] == 1:
-        state[key] = w.repeat(1, chans, 1, 1) / chans
-    else:
-        raise ConfigError(f"cannot adapt a {w.shape[1]}-channel checkpoint to {chans}-channel data")
-
-
-def _fit_channels(values: tuple[float, ...], chans: int) -> tuple[float, ...]:
-    return values if len(values) in (1, chans) else (sum(values) / len(values),)
-
-
-def model_from_init(path: str, model_cfg: ModelConfig) -> VisionTransformer:
-    """A checkpoint fitted to this data: input channels, resolution, and a new zero head."""
-    source = load_checkpoint(path)
-    cfg = source.config
-    state = source.state_dict()
-    stem_key = "patch_embed.backbone.conv_root.weight" if cfg.stem == "resnet" else "patch_embed.proj.weight"
-    adapt_input_channels(state, stem_key, model_cfg.in_chans)
-    adapted = VisionTransformer(cfg.replace(in_chans=model_cfg.in_chans))
-    adapted.load_state_dict(state)
-    adapted = resize_image_size(adapted, model_cfg.image_size)
-    adapted.reset_head(model_cfg.num_classes)
-    adapted.config = adapted.config.replace(
-        class_names=model_cfg.class_names,
-        input_mean=_fit_channels(cfg.input_mean, model_cfg.in_chans),
-        input_std=_fit_channels(cfg.input_std, model_cfg.in_chans))
-    return adapted
 
 
 class Trainer:
@@ -135,80 +79,60 @@ class Trainer:
         self.run_dir, cfg = self.dist.on_rank0(open_run)
         self.device = self.dist.device(cfg.device) if self.dist.active else pick_device(cfg.device)
         # A shard folder streams: its images stay on disk and are decoded batch by batch.
-        self.streaming = is_shard_folder(cfg.data)
+        self.streaming = is_shard_folder(cfg.data.source)
+        self.data = read_splits(cfg.data, self.streaming, cfg.train_fraction)
         if self.streaming:
-            self.data = open_shards(cfg.data)
             cfg = self._fixed_split(cfg)
-        else:
-            self.data = load_data(cfg.data, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction,
-                                  test_fraction=cfg.test_fraction, skip_bad_images=cfg.skip_bad_images,
-                                  max_image_pixels=cfg.max_image_pixels)
-            self.data.train = training_subset(self.data.train, cfg.train_fraction, cfg.split_seed)
         for note in self.data.notes if self.dist.is_main else ():
             # Warnings print even with --quiet: they say something was left out.
             tqdm.write(f"warning: {note}", file=sys.stderr)
         if len(self.data.train) == 0 or len(self.data.val) == 0:
             raise ConfigError("the training or validation split is empty; give more images or "
                               "change --val-fraction" + (" when running vitkit shard" if self.streaming else ""))
-        cfg = prepare_config(cfg, self.say)
         self.cfg, model_cfg, notes = resolve(cfg, self.data)
         for note in notes:
             self.say(f"auto: {note}")
         self.dist.check(self.cfg, streaming=self.streaming)
         seed_everything(self.cfg.seed)
         self.precision = pick_precision(self.cfg.precision, self.device)
-        if self.cfg.init:
-            self.model = model_from_init(self.cfg.init, model_cfg)
-            overrides = {k: v for k, v in self.cfg.model_options.items()
-                         if k in ("dropout", "attn_dropout", "drop_path")}
-            if overrides:
-                state = self.model.state_dict()
-                self.model = VisionTransformer(self.model.config.replace(**overrides))
-                self.model.load_state_dict(state)
-        else:
-            self.model = VisionTransformer(model_cfg)
+        self.model = build_model(model_cfg, self.cfg.init, self.cfg.model_options, self.cfg.freeze)
+        # The objective's own parameters are drawn on every rank from the same stream as the
+        # model's, before the ranks' streams part.
+        self.objective = build_objective(self.cfg, self.model, self.device, self.precision)
         self.dist.seed_rank(self.cfg.seed, update=0)
         self.model.to(self.device)
-        if self.cfg.freeze == "backbone":
-            for name, p in self.model.named_parameters():
-                p.requires_grad = name.startswith(("head.", "head_dist."))
-        trained = self.dist.wrap(self.model, self.cfg.fsdp)
-        self.optimizer = build_optimizer(self.model, self.cfg.optimizer, self.cfg.lr,
-                                         self.cfg.weight_decay, self.cfg.momentum, self.cfg.betas)
+        self.step_module = TrainingStep(self.model, self.objective)
+        trained = self.dist.wrap(self.step_module, self.cfg.fsdp)
+        own = self.objective if any(True for _ in self.objective.parameters()) else None
+        self.optimizer = build_optimizer(self.model, self.cfg.optimizer, self.cfg.lr, self.cfg.weight_decay,
+                                         self.cfg.momentum, self.cfg.betas, extra=own)
         self.ema = EMA(self.model, self.cfg.ema) if self.cfg.ema > 0 else None
         aug_cfg = AugmentConfig(**self.cfg.augment, label_smoothing=self.cfg.label_smoothing)
-        self.augment = Augmenter(aug_cfg, self.model.config.num_classes,
-                                 self.model.config.image_size, self.model.config.in_chans)
-        self.forward = torch.compile(trained) if self.cfg.compile else trained
-        self.objective = build_objective(self.cfg, self.model, self.device, self.precision)
+        self.augment = Augmenter(aug_cfg, self.data.num_classes, self.model.config.image_size,
+                                 self.model.config.in_chans)
+        # What a step calls: the model and the objective together, so that compiling it compiles
+        # the forward passes the objective runs (the student's, the encoder's, the attack's).
+        self.step = compile_step(trained) if self.cfg.compile else trained
 
-        # Images trained on per epoch by all ranks together. Streamed, each rank takes the same
-        # number, its own part of the stream, and the few left over sit the epoch out.
-        world = self.dist.world_size
-        self.train_count = len(self.data.train) // world * world if self.streaming else len(self.data.train)
-        self.steps_per_epoch = math.ceil(self.train_count / self.cfg.batch_size)
+        self.batches = RunBatches(self.data, self.streaming, self.device, self.dist, self.cfg.batch_size,
+                                  self.cfg.seed, self.cfg.workers, self.cfg.shuffle_buffer)
+        self.train_count = self.batches.train_count
+        self.steps_per_epoch = self.batches.steps_per_epoch
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / self.cfg.accum_steps)
         self.total_updates = self.updates_per_epoch * self.cfg.epochs
         self.warmup_updates = round(self.cfg.warmup_epochs * self.updates_per_epoch)
         self.progress = new_progress()
-        # Where the checkpoint on disk stands ("the end of epoch 2"), for messages; None: none yet.
-        self.saved_at: str | None = None
-        # The signal number once SIGTERM or SIGINT asked the run to stop.
-        self.stop_signal: int | None = None
-        # A per-step finiteness check costs nothing on the CPU and is needed to skip steps; on a
-        # GPU it would wait for every step, so there the first bad step is recorded on the device
-        # and read at the next checkpoint or epoch end. Under torchrun the ranks decide together
-        # at every step (one summed loss), so that none goes on while another stops or skips.
-        self.check_each_step = self.device.type == "cpu" or self.cfg.skip_nonfinite or self.dist.active
-        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-        self.first_bad_loss = torch.zeros((), device=self.device)
+        self.signals = StopSignals(self.dist)
+        self.nonfinite = NonFiniteWatch(self.dist, self.device, self.cfg.skip_nonfinite)
+        command = "pretrain" if self.cfg.pretraining else "train"
+        self.checkpoints = Checkpoints(self.run_dir, self.dist, f"vitkit {command} --resume --out {self.run_dir.path}")
         if resume:
             self._restore()
         else:
             self.dist.on_rank0(self._write_config)
 
     def _write_config(self) -> None:
-        with self._saving(self.run_dir.path / "config.yaml"):
+        with self.checkpoints.saving(self.run_dir.path / "config.yaml"):
             self.run_dir.write_config(self.cfg)
 
     # ------------------------------------------------------------------ helpers
@@ -218,58 +142,57 @@ class Trainer:
 
     def _fixed_split(self, cfg: TrainConfig) -> TrainConfig:
         """Shards hold the split `vitkit shard` made; the run records that one."""
-        if cfg.train_fraction < 1.0:
-            raise ConfigError("train_fraction needs data read into memory; to train on part of a shard folder, "
-                              "shard that part with `vitkit shard`")
         made = self.data.index.get("split", {})
         if made.get("seed") is None:  # shards another tool wrote: their split is as it is
             return cfg
-        fixed = cfg.replace(split_seed=made["seed"], val_fraction=made["val_fraction"],
-                            test_fraction=made["test_fraction"])
+        fixed = cfg.replace(data=cfg.data.replace(split_seed=made["seed"], val_fraction=made["val_fraction"],
+                                                  test_fraction=made["test_fraction"]))
         if fixed != cfg:
             self.say(f"note: the shards fix the split (made by vitkit shard with seed {made['seed']}, val fraction "
                      f"{made['val_fraction']}, test fraction {made['test_fraction']}); this run records it")
         return fixed
 
     def _restore(self) -> None:
-        path = self.run_dir.last_checkpoint
-        state = {}
+        state: dict = {}
 
         def read_progress() -> dict | None:
             # Only rank 0 reads the file; the other ranks get its progress here and the
             # weights and optimiser state through load_state.
-            if not path.exists():
-                if self.run_dir.summary_file.exists():
-                    raise CheckpointError(f"{self.run_dir.path} has no checkpoint to resume from "
-                                          f"({path.name} is missing); start a new run instead")
+            read = self.checkpoints.read_last(self.optimizer)
+            if read is None:
                 # Killed before its first checkpoint: nothing to continue, but the saved config
                 # reproduces the run exactly. Printed even with --quiet: the work starts over.
                 tqdm.write(f"note: {self.run_dir.path} has no checkpoint yet (the run stopped before "
                            "its first save); starting it afresh from its config.yaml", file=sys.stderr)
                 return None
-            state.update(load_training_state(path))
-            check_fits_optimizer(state, self.optimizer, path)
-            return state["progress"]
+            state.update(read)
+            return read["progress"]
 
         progress = self.dist.on_rank0(read_progress)
         if progress is None:
             return
-        self.dist.load_state(self.model, self.optimizer, state.get("model"), state.get("optimizer"),
-                             source=str(path))
+        full = None
+        if self.dist.is_main:
+            full = {**{f"model.{k}": v for k, v in state["model"].items()},
+                    **{f"objective.{k}": v for k, v in state["objective"].items()}}
+        self.dist.load_state(self.step_module, self.optimizer, full, state.get("optimizer"),
+                             source=str(self.run_dir.last_checkpoint))
         if self.dist.is_main:
             if self.ema is not None and state["ema"] is not None:
                 self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
+            from vitkit.train.state import restore_rng
+
             restore_rng(*state["rng"])
         if self.ema is not None:
             self.dist.broadcast_(self.ema.shadow.values())
         self.progress = {**new_progress(), **progress}
         self.dist.seed_rank(self.cfg.seed, update=self.progress["update"])
-        self.saved_at = self._position()
+        self.checkpoints.saved_at = self._position()
         if self._finished():
-            self.say(f"resuming {self.run_dir.path}: training had finished at {self.saved_at}; "
+            self.say(f"resuming {self.run_dir.path}: training had finished at {self.checkpoints.saved_at}; "
                      "writing the summary")
         else:
-            self.say(f"resuming {self.run_dir.path} at {self.saved_at}")
+            self.say(f"resuming {self.run_dir.path} at {self.checkpoints.saved_at}")
 
     def _finished(self) -> bool:
         p = self.progress
@@ -282,13 +205,12 @@ class Trainer:
             return f"the end of epoch {p['epoch']}" if p["epoch"] else "the start"
         return f"epoch {p['epoch'] + 1} step {p['step']}/{self.steps_per_epoch}"
 
-    def _input(self, images_uint8: torch.Tensor, labels: torch.Tensor, normalized: bool = True
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images_uint8.float().div_(255.0)
-        x, targets = self.augment(x, labels)
-        return (normalize(x, self.model.config) if normalized else x), targets
+    def _input(self, images_uint8: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented pixels in [0, 1] and soft targets for a batch of uint8 images and labels."""
+        return self.augment(images_uint8.float().div_(255.0), labels)
 
     def _eval_model(self) -> VisionTransformer:
+        """The model validation, best and final.safetensors see: the EMA with --ema."""
         if self.ema is None:
             return self.model
         shadow = VisionTransformer(self.model.config).to(self.device)
@@ -296,47 +218,20 @@ class Trainer:
         return shadow
 
     # ------------------------------------------------------------------ the loop
+    def hold_train_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put the training split on the device as each epoch reads it (in memory, not streamed):
+        uint8 images at the model's input size, and their labels. Returns (images, labels)."""
+        return self.batches.hold_train_images(self.model.config)
+
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images, labels) on the device, one training step each, from `start_step` on
-        (a run resumed mid-epoch skips the steps it has done). The order depends only on
-        (seed, epoch), never on the global RNG, so a resumed run (and every rank of a
-        distributed one) can rebuild any epoch's batches."""
-        if self.streaming:
-            yield from self._streamed_batches(epoch, start_step)
-            return
-        order = epoch_order(self.cfg.seed, epoch, self.train_labels.shape[0]).to(self.device)
-        batch = self.cfg.batch_size
-        for step in range(start_step, self.steps_per_epoch):
-            index = self.dist.shard(order[step * batch:(step + 1) * batch])
-            yield self.train_images[index], self.train_labels[index]
-
-    def _streamed_batches(self, epoch: int, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The same contract from a shard folder: decoded by `workers` DataLoader processes at
-        the model's input size; the shard order and shuffle buffer are seeded by (seed, epoch)."""
-        cfg = self.model.config
-        # --batch-size is the global batch, which check() made a multiple of the world size.
-        batches = ShardBatches(self.data.train, batch_size=self.cfg.batch_size // self.dist.world_size,
-                               image_size=cfg.image_size, channels=cfg.in_chans, shuffle=True,
-                               seed=self.cfg.seed, epoch=epoch, buffer_size=self.cfg.shuffle_buffer,
-                               rank=self.dist.rank, world_size=self.dist.world_size, start_batch=start_step)
-        for images, labels in load_batches(batches, self.cfg.workers, pin_memory=self.device.type == "cuda"):
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-
-    def split_logits(self, model: VisionTransformer, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, labels) of a whole split; streamed splits are decoded batch by batch."""
-        if not self.streaming:
-            images = self.data.split(split)
-            return predict_logits(model, images.images, self.cfg.eval_batch_size, self.precision), images.labels
-        cfg = model.config
-        batches = ShardBatches(self.data.split(split), batch_size=self.cfg.eval_batch_size,
-                               image_size=cfg.image_size, channels=cfg.in_chans)
-        return predict_batches(model, load_batches(batches, self.cfg.workers, pin_memory=self.device.type == "cuda"),
-                               self.precision)
+        """This process's (uint8 images, labels) on the device, one training step each, from
+        `start_step` on; the order depends only on (seed, epoch)."""
+        return self.batches.epoch_batches(epoch, start_step, self.model.config)
 
     def train_epoch(self, epoch: int, bar) -> dict:
         """Train epoch `epoch` from the step the progress says (0, or where a mid-epoch
         checkpoint stopped), checkpointing and stopping only right after an optimiser update."""
-        self.model.train()
+        self.step_module.train()
         n = self.train_count
         p = self.progress
         sums = self._epoch_sums()
@@ -345,16 +240,11 @@ class Trainer:
         for step, (images, labels) in enumerate(self.epoch_batches(epoch, p["step"]), start=p["step"]):
             final = (step + 1) % accum == 0 or step + 1 == self.steps_per_epoch
             with self.dist.gradient_sync(final):
-                if self.objective is None:
-                    x, targets = self._input(images, labels)
-                    with autocast(self.device, self.precision):
-                        logits = self.forward(x)
-                    # A rank's part of a short last batch can be empty: a zero loss that still
-                    # reaches every parameter, as the gradient reduction needs.
-                    loss = soft_cross_entropy(logits, targets) if labels.numel() else logits.sum()
-                else:
-                    pixels, targets = self._input(images, labels, normalized=False)
-                    logits, loss = self.objective(self.model, pixels, targets)
+                pixels, targets = self._input(images, labels)
+                draws = Draws(self.cfg.seed, (epoch, step), self.dist.rows(self.batches.global_batch(step)),
+                              self.device)
+                out = self.step(pixels, targets if self.objective.uses_labels else None, draws)
+                loss = out["loss"]
                 if self._loss_is_usable(loss, epoch, step):
                     # Weight each micro-batch by its share of the accumulated global batch, so
                     # accumulation gives the gradient of the full batch even when the last one is
@@ -364,8 +254,13 @@ class Trainer:
                     share = labels.shape[0] * self.dist.world_size / group
                     (loss * share).backward()
                     sums["loss"] += loss.detach() * labels.shape[0]
-                    sums["correct"] += (logits.detach().argmax(1) == targets.argmax(1)).sum()
                     sums["images"] += labels.shape[0]
+                    if "logits" in out:
+                        sums["correct"] += (out["logits"].detach().argmax(1) == targets.argmax(1)).sum()
+                        sums["count"] += labels.shape[0]
+                    elif "correct" in out:
+                        sums["correct"] += out["correct"].detach()
+                        sums["count"] += out["count"].detach()
                 else:
                     group_usable = False
             if final:
@@ -380,19 +275,25 @@ class Trainer:
             bar.update(min(batch, n - step * batch))  # images of the global batch
         p["step"], p["epoch_sums"] = 0, None
         sums = self._all_ranks(sums)
-        return {"train_loss": float(sums["loss"]) / max(sums["images"], 1),
-                "train_acc": float(sums["correct"]) / max(sums["images"], 1),
-                "skipped_updates": sums["skipped"]}
+        stats = {"train_loss": float(sums["loss"]) / max(sums["images"], 1)}
+        if self.objective.accuracy:
+            stats[f"train_{self.objective.accuracy}"] = float(sums["correct"]) / max(float(sums["count"]), 1.0)
+        stats["skipped_updates"] = sums["skipped"]
+        return stats
 
     def _epoch_sums(self) -> dict:
-        """The running loss/accuracy sums of the epoch: zero, or as a mid-epoch checkpoint saved
-        them (exact: a float32 sum round-trips through a Python float)."""
-        saved = self.progress["epoch_sums"] or {"loss": 0.0, "correct": 0.0, "images": 0, "skipped": 0}
+        """The running sums of the epoch: zero, or as a mid-epoch checkpoint saved them (exact:
+        a float32 sum round-trips through a Python float)."""
+        zero = {"loss": 0.0, "correct": 0.0, "count": 0.0, "images": 0, "skipped": 0}
+        saved = {**zero, **(self.progress["epoch_sums"] or {})}
+        if "count" not in (self.progress["epoch_sums"] or {}):
+            saved["count"] = float(saved["images"])  # checkpoints of supervised runs before "count"
         if not self.dist.is_main:
             # Saved sums are over all ranks: rank 0 carries them on, the others start at zero.
-            saved = {**saved, "loss": 0.0, "correct": 0.0, "images": 0}
+            saved = {**saved, "loss": 0.0, "correct": 0.0, "count": 0.0, "images": 0}
         return {"loss": torch.tensor(saved["loss"], dtype=torch.float32, device=self.device),
                 "correct": torch.tensor(saved["correct"], dtype=torch.float32, device=self.device),
+                "count": torch.tensor(saved["count"], dtype=torch.float32, device=self.device),
                 "images": saved["images"], "skipped": saved["skipped"]}
 
     def _all_ranks(self, sums: dict) -> dict:
@@ -400,22 +301,23 @@ class Trainer:
         skipped count needs no sum: the ranks decide together whether to skip."""
         if not self.dist.active:
             return sums
-        totals = torch.stack([sums["loss"], sums["correct"],
+        totals = torch.stack([sums["loss"], sums["correct"], sums["count"],
                               torch.tensor(float(sums["images"]), device=self.device)])
         self.dist.sum_(totals)
-        return {"loss": totals[0], "correct": totals[1], "images": int(totals[2]), "skipped": sums["skipped"]}
+        return {"loss": totals[0], "correct": totals[1], "count": totals[2], "images": int(totals[3]),
+                "skipped": sums["skipped"]}
 
     def _update(self, epoch: int, usable: bool = True) -> bool:
-        """One optimiser update from the accumulated gradients. Returns False when it was skipped
-        (--skip-nonfinite and a non-finite loss or gradient norm): the gradients are dropped,
-        the weights and EMA stay, the schedule moves on."""
+        """The one optimiser update, from the accumulated gradients. Returns False when it was
+        skipped (--skip-nonfinite and a non-finite loss or gradient norm): the gradients are
+        dropped, the weights and EMA stay, the schedule moves on."""
         update = self.progress["update"]
         if self.cfg.schedule_unit == "epoch":
             update = epoch * self.updates_per_epoch
         set_lr(self.optimizer, self.cfg.lr * lr_factor(update, self.total_updates, self.warmup_updates,
                                                        self.cfg.schedule, self.cfg.min_lr_ratio))
         if usable and self.cfg.grad_clip:
-            params = [p for p in self.model.parameters() if p.grad is not None]
+            params = [p for p in self.step_module.parameters() if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
             # Read only when skipping is on: reading the norm waits for the GPU.
             usable = not self.cfg.skip_nonfinite or bool(torch.isfinite(norm))
@@ -430,7 +332,7 @@ class Trainer:
     def _after_update(self, sums: dict) -> None:
         """Mid-epoch, right after an optimiser update: the only place a checkpoint can resume
         from exactly (no half-accumulated gradients)."""
-        stop = self._should_stop()
+        stop = self.signals.requested()
         if stop or self._should_checkpoint():
             self._save_last(sums)
         if stop:
@@ -440,73 +342,31 @@ class Trainer:
         every = self.cfg.checkpoint_every
         return every > 0 and self.progress["update"] % every == 0
 
-    def _should_stop(self) -> bool:
-        # A signal can reach the ranks at different updates (or only one of them): they agree
-        # here, so that all stop after the same update.
-        if self.dist.active:
-            self.stop_signal = self.dist.max_over_ranks(self.stop_signal or 0) or None
-        return self.stop_signal is not None
-
     def _stopped(self) -> StoppedBySignal:
-        name = signal.Signals(self.stop_signal).name
         return StoppedBySignal(
-            f"stopped by {name} at {self._position()}; checkpoint written to "
-            f"{self.run_dir.last_checkpoint}; continue with `vitkit train --resume --out {self.run_dir.path}`",
-            self.stop_signal)
-
-    @contextlib.contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """While training, SIGTERM (a scheduler's preemption notice) and SIGINT (Ctrl-C) ask the
-        run to stop after the current optimiser update, with a checkpoint. The first signal
-        puts the previous handlers back, so a second one acts as usual (ends the process, or
-        KeyboardInterrupt)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be set from the main thread
-            return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for s, handler in previous.items():
-                signal.signal(s, signal.SIG_DFL if handler is None else handler)
-
-        def ask_to_stop(signum, frame) -> None:
-            self.stop_signal = signum
-            restore()
-
-        for s in previous:
-            signal.signal(s, ask_to_stop)
-        try:
-            yield
-        finally:
-            restore()
+            f"stopped by {self.signals.name} at {self._position()}; checkpoint written to "
+            f"{self.run_dir.last_checkpoint}; continue with `{self.checkpoints.resume_command}`",
+            self.signals.signal)
 
     # ------------------------------------------------------------------ non-finite values
     def _loss_is_usable(self, loss: torch.Tensor, epoch: int, step: int) -> bool:
-        """Whether the step's loss may be back-propagated. A non-finite loss stops the run,
-        or is skipped with --skip-nonfinite; on a GPU without skipping it is only recorded here
-        and raised at the next check (_raise_if_diverged), so no step waits for the device."""
-        if not self.check_each_step:
-            bad = ~torch.isfinite(loss.detach())
-            first = bad & (self.first_bad_step < 0)
-            self.first_bad_step = torch.where(first, epoch * self.steps_per_epoch + step, self.first_bad_step)
-            self.first_bad_loss = torch.where(first, loss.detach().float(), self.first_bad_loss)
-            return True
-        loss = self.dist.sum_over_ranks(loss.detach())
-        if bool(torch.isfinite(loss)):
-            return True
-        if self.cfg.skip_nonfinite:
-            return False
-        raise self._diverged(epoch, step, float(loss))
+        """Whether the step's loss may be back-propagated (guards.NonFiniteWatch): a non-finite
+        loss stops the run, or is skipped with --skip-nonfinite."""
+        try:
+            return self.nonfinite.usable(loss, epoch * self.steps_per_epoch + step)
+        except NonFiniteLoss as bad:
+            raise self._diverged(epoch, step, bad.value) from None
 
     def _raise_if_diverged(self) -> None:
-        if int(self.first_bad_step) >= 0:
-            epoch, step = divmod(int(self.first_bad_step), self.steps_per_epoch)
-            raise self._diverged(epoch, step, float(self.first_bad_loss))
+        first = self.nonfinite.first_bad()
+        if first is not None:
+            epoch, step = divmod(first[0], self.steps_per_epoch)
+            raise self._diverged(epoch, step, first[1])
 
     def _diverged(self, epoch: int, step: int, value: float) -> TrainingDiverged:
         return TrainingDiverged(
             f"the training loss became {value} at epoch {epoch + 1} step {step + 1}/{self.steps_per_epoch}; "
-            f"stopped without saving; {self._checkpoint_note()}; lower --lr, set --grad-clip, or "
+            f"stopped without saving; {self.checkpoints.note()}; lower --lr, set --grad-clip, or "
             "pass --skip-nonfinite to skip such steps")
 
     def _skipped(self, sums: dict) -> None:
@@ -518,40 +378,22 @@ class Trainer:
             raise TrainingDiverged(
                 f"{MAX_SKIPPED_IN_A_ROW} updates in a row had a non-finite loss or gradient norm (the "
                 f"last at epoch {p['epoch'] + 1} step {p['step']}/{self.steps_per_epoch}); the run "
-                f"has diverged; {self._checkpoint_note()}; lower --lr or check the data")
+                f"has diverged; {self.checkpoints.note()}; lower --lr or check the data")
 
     def _check_finite(self) -> None:
         """Before every save: a NaN/inf recorded on the device, or weights that are not finite
         (from a finite loss with an overflowing gradient), must never replace a good checkpoint."""
         self._raise_if_diverged()
-        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        tensors = [t for t in self.step_module.state_dict().values() if t.is_floating_point()]
         if self.ema is not None:
             tensors += [t for t in self.ema.shadow.values() if t.is_floating_point()]
-        if not self.dist.all_finite(tensors):
+        if not self.nonfinite.all_finite(tensors):
             raise TrainingDiverged(
                 f"the weights became NaN or infinite by {self._position()} (update "
-                f"{self.progress['update']}); stopped without saving; {self._checkpoint_note()}; "
+                f"{self.progress['update']}); stopped without saving; {self.checkpoints.note()}; "
                 "lower --lr or set --grad-clip")
 
     # ------------------------------------------------------------------ saving
-    def _checkpoint_note(self) -> str:
-        if self.saved_at is None:
-            return "no checkpoint was written yet (--resume starts the run afresh)"
-        return f"the previous checkpoint {self.run_dir.last_checkpoint} ({self.saved_at}) is intact"
-
-    @contextlib.contextmanager
-    def _saving(self, path: Path) -> Iterator[None]:
-        """Turn a failed write (disk full, no permission, file-size limit) into one line naming
-        the file, the reason and the checkpoint to continue from. atomic_path has already
-        removed the half-written temporary and left the old file as it was."""
-        try:
-            yield
-        except OSError as e:
-            advice = SAVE_ADVICE.get(e.errno, "fix that")
-            raise SaveError(f"cannot write {path}: {e.strerror or e}; {self._checkpoint_note()}; "
-                            f"{advice}, then continue with `vitkit train --resume --out "
-                            f"{self.run_dir.path}`") from None
-
     def _save_last(self, sums: dict | None = None) -> None:
         """checkpoints/last.safetensors; mid-epoch (`sums` given) it also holds the step within
         the epoch and the epoch's running sums."""
@@ -561,29 +403,15 @@ class Trainer:
             self._tick()
             sums = self._all_ranks(sums)
         p["epoch_sums"] = None if sums is None else {
-            "loss": float(sums["loss"]), "correct": float(sums["correct"]),
+            "loss": float(sums["loss"]), "correct": float(sums["correct"]), "count": float(sums["count"]),
             "images": sums["images"], "skipped": sums["skipped"]}
-        model_state = self.dist.full_model_state(self.model)
-        optimizer_state = self.dist.full_optimizer_state(self.model, self.optimizer)
+        self.checkpoints.write_last(self.step_module, self.optimizer, self.ema.shadow if self.ema else None, p,
+                                    self._position())
 
-        def write() -> None:
-            with self._saving(self.run_dir.last_checkpoint):
-                save_training_state(self.run_dir.last_checkpoint, self.model.config, model_state,
-                                    optimizer_state, self.ema.shadow if self.ema else None, p)
-
-        self.dist.on_rank0(write)
-        self.saved_at = self._position()
-
-    def _save_model(self, path: Path, metadata: dict) -> None:
+    def _save_model(self, path, metadata: dict) -> None:
         """best or final.safetensors: the model to evaluate (the EMA with --ema), unsharded."""
         self._check_finite()
-        model = self.dist.unsharded(self._eval_model())
-
-        def write() -> None:
-            with self._saving(path):
-                save_model(model, path, metadata=metadata)
-
-        self.dist.on_rank0(write)
+        self.checkpoints.write_model(self.dist.unsharded(self.step_module, self._eval_model()), path, metadata)
 
     def _tick(self) -> None:
         now = time.perf_counter()
@@ -591,25 +419,25 @@ class Trainer:
         self.clock = now
 
     def validate(self) -> dict:
-        model = self._eval_model()
-        if self.dist.active and not self.streaming:
-            return self.dist.validate(model, self.data.val.images, self.data.val.labels,
-                                      self.cfg.eval_batch_size, self.precision)
-        # Streamed, every rank reads the whole split: the same forward passes and numbers on all.
-        logits, labels = self.split_logits(model, "val")
-        labels = labels.to(logits.device)
-        return {"val_loss": float(F.cross_entropy(logits, labels)),
-                "val_acc": classification_metrics(logits, labels)["top1"]}
+        """The objective on the validation split: val_loss, and val_<accuracy> where it has one."""
+        step = self.step_module if self.ema is None else TrainingStep(self._eval_model(), self.objective)
+        result = split_sums(step, self.batches, "val", self.cfg.eval_batch_size, self.dist, self.cfg.seed)
+        stats = {"val_loss": result["loss"]}
+        if self.objective.accuracy:
+            stats[f"val_{self.objective.accuracy}"] = result["acc"]
+        return stats
 
     def run(self) -> dict:
         if not self.streaming:
             self.hold_train_images()
         p = self.progress
+        monitor = self.objective.monitor
         # Counting images, so the bar shows images/s.
         done = p["epoch"] * self.train_count + min(p["step"] * self.cfg.batch_size, self.train_count)
         bar = tqdm(total=self.cfg.epochs * self.train_count, initial=done, unit="img", dynamic_ncols=True,
-                   disable=True if self.quiet else None, file=sys.stderr, desc="train")
-        with bar, self._stop_on_signals():
+                   disable=True if self.quiet else None, file=sys.stderr, desc=self.cfg.objective
+                   if self.cfg.pretraining else "train")
+        with bar, self.signals.watching():
             for epoch in range(p["epoch"], self.cfg.epochs):
                 if p["bad_epochs"] >= self.cfg.early_stop > 0:
                     break
@@ -622,73 +450,63 @@ class Trainer:
                              seconds=round(p["train_seconds"], 3))
                 self._end_epoch(epoch, stats)
                 k = stats["skipped_updates"]
-                bar.set_postfix(loss=f"{stats['train_loss']:.3f}", val_acc=f"{stats['val_acc']:.4f}",
+                bar.set_postfix(loss=f"{stats['train_loss']:.3f}", **{monitor: f"{stats[monitor]:.4f}"},
                                 **({"skipped": k} if k else {}))
                 if bar.disable and not self.quiet:
                     skipped = f"  skipped {k} update{'s' if k > 1 else ''}" if k else ""
                     self.say(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {stats['train_loss']:.4f}  "
-                             f"val_acc {stats['val_acc']:.4f}  {stats['seconds']:.1f}s{skipped}")
-                if self._should_stop():
+                             f"{monitor} {stats[monitor]:.4f}  {stats['seconds']:.1f}s{skipped}")
+                if self.signals.requested():
                     raise self._stopped()
         return self.finish()
-
-    def hold_train_images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Put the training split on the device as each epoch reads it (in memory, not streamed):
-        uint8 images at the model's input size, and their labels. Returns (images, labels)."""
-        images = self.data.train.images.to(self.device)
-        cfg = self.model.config
-        if tuple(images.shape[1:]) != (cfg.in_chans, *cfg.image_size):
-            # Resized once, kept as uint8: each step then only slices and augments.
-            images = torch.cat([resize_images(images[i:i + 1024], cfg).mul_(255).round_().to(torch.uint8)
-                                for i in range(0, images.shape[0], 1024)])
-        self.train_images = images
-        self.train_labels = self.data.train.labels.to(self.device)
-        return self.train_images, self.train_labels
 
     def _end_epoch(self, epoch: int, stats: dict) -> None:
         p = self.progress
         p["epoch"] = epoch + 1
         p["history"].append(stats)
-        improved = stats["val_acc"] > p["best_val_acc"]
+        value = stats[self.objective.monitor]
+        best = p["best"]
+        improved = best is None or (value > best if self.objective.higher_is_better else value < best)
         if improved:
-            p["best_val_acc"], p["best_epoch"], p["bad_epochs"] = stats["val_acc"], epoch + 1, 0
-            self._save_model(self.run_dir.best_checkpoint, {"epoch": epoch + 1, "val_acc": stats["val_acc"]})
+            p["best"], p["best_epoch"], p["bad_epochs"] = value, epoch + 1, 0
+            self._save_model(self.run_dir.best_checkpoint, {"epoch": epoch + 1, self.objective.monitor: value})
         else:
             p["bad_epochs"] += 1
         self.dist.on_rank0(self._write_metrics)
         self._save_last()
 
     def _write_metrics(self) -> None:
-        with self._saving(self.run_dir.metrics_file):
+        with self.checkpoints.saving(self.run_dir.metrics_file):
             self.run_dir.write_metrics(self.progress["history"])
 
     def _save_final(self) -> None:
         """checkpoints/final.safetensors: the model as training left it (the EMA with --ema)."""
         p = self.progress
-        val_acc = p["history"][-1]["val_acc"] if p["history"] else None
-        self._save_model(self.run_dir.final_checkpoint, {"epoch": p["epoch"], "val_acc": val_acc})
+        monitor = self.objective.monitor
+        last = p["history"][-1][monitor] if p["history"] else None
+        metadata = {"epoch": p["epoch"], monitor: last}
+        if self.cfg.pretraining:
+            metadata["objective"] = self.cfg.objective
+        self._save_model(self.run_dir.final_checkpoint, metadata)
 
     def finish(self) -> dict:
-        """Every rank saves the final model (gathered under FSDP); rank 0 tests the chosen
-        checkpoint and writes the summary; every rank returns it."""
+        """Every rank saves the final model (gathered under FSDP); the run's result is tested
+        and rank 0 writes the summary; every rank returns it."""
         self._save_final()
-        return self.dist.on_rank0(self._test_and_summarize)
+        if self.objective.uses_labels:
+            return self.dist.on_rank0(self._test_classifier)
+        # Without labels, the test is the objective itself on the run's final state, which
+        # every rank takes part in (its parameters may be sharded).
+        step = self.step_module if self.ema is None else TrainingStep(self._eval_model(), self.objective)
+        test = split_sums(step, self.batches, "test", self.cfg.eval_batch_size, self.dist, self.cfg.seed)
+        objective_state = self.dist.full_state(self.step_module)
+        return self.dist.on_rank0(lambda: self._summarize_pretraining(test, objective_state))
 
-    def _test_and_summarize(self) -> dict:
+    def _common_summary(self, chosen) -> dict:
         history = self.progress["history"]
-        if self.cfg.select == "best":
-            chosen, val_acc = self.run_dir.best_checkpoint, self.progress["best_val_acc"]
-        else:
-            chosen, val_acc = self.run_dir.final_checkpoint, history[-1]["val_acc"] if history else None
-        model = load_checkpoint(chosen).to(self.device)
-        test = classification_metrics(*self.split_logits(model, "test"))
         summary = {
-            "test_acc": test["top1"],
-            "test_top5": test["top5"],
-            "test_n": test["n"],
+            "objective": self.cfg.objective,
             "select": self.cfg.select,
-            "val_acc": val_acc,
-            "best_val_acc": self.progress["best_val_acc"],
             "best_epoch": self.progress["best_epoch"],
             "epochs": self.progress["epoch"],
             "train_seconds": round(self.progress["train_seconds"], 3),
@@ -704,9 +522,53 @@ class Trainer:
         }
         if self.dist.active:
             summary["processes"] = self.dist.world_size
-        with self._saving(self.run_dir.summary_file):
-            self.run_dir.write_summary(summary, test["confusion"], self.data.class_names, history)
         return summary
+
+    def _test_classifier(self) -> dict:
+        history = self.progress["history"]
+        if self.cfg.select == "best":
+            chosen, val_acc = self.run_dir.best_checkpoint, self.progress["best"]
+        else:
+            chosen, val_acc = self.run_dir.final_checkpoint, history[-1]["val_acc"] if history else None
+        model = load_checkpoint(chosen).to(self.device)
+        test = classifier_test(model, self.batches, self.cfg.eval_batch_size, self.precision)
+        summary = {"test_acc": test["top1"], "test_top5": test["top5"], "test_n": test["n"],
+                   "val_acc": val_acc, "best_val_acc": self.progress["best"], **self._common_summary(chosen)}
+        with self.checkpoints.saving(self.run_dir.summary_file):
+            self.run_dir.write_summary(summary, history, test["confusion"], self.data.class_names)
+        return summary
+
+    def _summarize_pretraining(self, test: dict, state: dict) -> dict:
+        """Pre-training ends with the headless encoder as final.safetensors (what `vitkit train
+        --init` fine-tunes) and the objective's own parameters beside it."""
+        history = self.progress["history"]
+        chosen = self.run_dir.best_checkpoint if self.cfg.select == "best" else self.run_dir.final_checkpoint
+        objective_file = self.run_dir.path / "checkpoints" / "objective.safetensors"
+        with self.checkpoints.saving(objective_file):
+            from vitkit.io import write_safetensors
+
+            own = {k[len("objective."):]: v.contiguous() for k, v in state.items() if k.startswith("objective.")}
+            write_safetensors(objective_file, own, {"objective": self.cfg.objective})
+        summary = {"val_loss": history[-1]["val_loss"] if history else None, "best_val_loss": self.progress["best"],
+                   **self._common_summary(chosen)}
+        # The test split measures the final state (the encoder with the objective's parameters);
+        # with --select best the chosen encoder's own objective parameters are not kept.
+        if self.cfg.select == "last":
+            summary["test_loss"], summary["test_n"] = test["loss"], test["n"]
+            if "acc" in test:
+                summary[f"test_{self.objective.accuracy}"] = test["acc"]
+        if self.objective.accuracy and history:
+            summary[f"val_{self.objective.accuracy}"] = history[-1][f"val_{self.objective.accuracy}"]
+        with self.checkpoints.saving(self.run_dir.summary_file):
+            self.run_dir.write_summary(summary, history)
+        return summary
+
+
+def compile_step(step: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile of the training step (model and objective). $VITKIT_COMPILE_BACKEND picks
+    another backend than inductor (e.g. aot_eager, which needs no C++ compiler)."""
+    backend = os.environ.get("VITKIT_COMPILE_BACKEND", "inductor")
+    return torch.compile(step, backend=backend)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dict:
@@ -726,4 +588,4 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dic
         end_process_group()
 
 
-__all__ = ["train", "Trainer", "TrainConfig"]
+__all__ = ["train", "Trainer", "TrainConfig", "compile_step"]

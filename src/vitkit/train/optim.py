@@ -11,8 +11,9 @@ from torch.optim.adamw import adamw
 from vitkit.models.vit import VisionTransformer
 
 
-def param_groups(model: VisionTransformer, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weights, and the exempt norms, biases, tokens and embeddings."""
+def param_groups(model: VisionTransformer, weight_decay: float, extra: torch.nn.Module | None = None) -> list[dict]:
+    """Two groups: decayed weights, and the exempt norms, biases, tokens and embeddings; then
+    those two of `extra` (an objective's own parameters: its matrices decay, the rest not)."""
     exempt = model.no_weight_decay()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -20,14 +21,20 @@ def param_groups(model: VisionTransformer, weight_decay: float) -> list[dict]:
             (no_decay if name in exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if extra is not None:
+        own = [p for p in extra.parameters() if p.requires_grad]
+        groups += [{"params": [p for p in own if p.dim() > 1], "weight_decay": weight_decay},
+                   {"params": [p for p in own if p.dim() <= 1], "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: VisionTransformer, name: str, lr: float, weight_decay: float,
-                    momentum: float = 0.9, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, betas=(0.9, 0.999), extra: torch.nn.Module | None = None
+                    ) -> torch.optim.Optimizer:
+    """The optimiser of `model` and of `extra`, the objective's own parameters (if any)."""
     if name == "muon":
-        return Muon(muon_groups(model, weight_decay), lr=lr, betas=tuple(betas))
-    groups = param_groups(model, weight_decay)
+        return Muon(muon_groups(model, weight_decay, extra), lr=lr, betas=tuple(betas))
+    groups = param_groups(model, weight_decay, extra)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=False)
     # The fused kernel exists for CPUs as well as GPUs: on the default digits model one AdamW
@@ -37,14 +44,14 @@ def build_optimizer(model: VisionTransformer, name: str, lr: float, weight_decay
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device in ("cpu", "cuda") or None)
 
 
-def muon_groups(model: VisionTransformer, weight_decay: float) -> list[dict]:
+def muon_groups(model: VisionTransformer, weight_decay: float, extra: torch.nn.Module | None = None) -> list[dict]:
     """`param_groups` with the weight matrices of the transformer blocks' linear layers
     (attention's qkv and projection, the MLP's two) moved to a group of their own that Muon
     updates; everything else (patch embedding, tokens, position embeddings and relative-position
     tables, norms, biases, head) stays with AdamW, as Muon's authors prescribe for the input and
     output layers."""
     linear = {id(m.weight) for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)}
-    groups = [{**g, "muon": False} for g in param_groups(model, weight_decay)]
+    groups = [{**g, "muon": False} for g in param_groups(model, weight_decay, extra)]
     matrices = [p for g in groups for p in g["params"] if id(p) in linear]
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in linear]} for g in groups]
     muon = [{"params": matrices, "weight_decay": weight_decay, "muon": True}] if matrices else []

@@ -11,22 +11,28 @@ from vitkit.errors import printable
 
 
 def plot_curves(history: list[dict], out_dir: Path) -> None:
+    """loss.png, and accuracy.png for objectives that report one (train_acc, train_colour_acc ...)."""
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.plot(epochs, [h["train_loss"] for h in history], label="train loss (augmented batches)")
     if all("val_loss" in h for h in history):
         ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
-    ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, out_dir / "loss.png", dpi=110)
 
+    accuracy = next((k[len("train_"):] for k in history[0] if k.startswith("train_") and k.endswith("acc")), None)
+    if accuracy is None:
+        return
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.plot(epochs, [h["train_acc"] for h in history], label="train (augmented batches)")
-    ax.plot(epochs, [h["val_acc"] for h in history], label="validation")
-    ax.set(xlabel="epoch", ylabel="top-1 accuracy", title="Accuracy", ylim=(0, 1.01))
+    ax.plot(epochs, [h[f"train_{accuracy}"] for h in history], label="train (augmented batches)")
+    if all(f"val_{accuracy}" in h for h in history):
+        ax.plot(epochs, [h[f"val_{accuracy}"] for h in history], label="validation")
+    name = "top-1 accuracy" if accuracy == "acc" else accuracy.replace("_", " ")
+    ax.set(xlabel="epoch", ylabel=name, title=name[0].upper() + name[1:], ylim=(0, 1.01))
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, out_dir / "accuracy.png", dpi=110)

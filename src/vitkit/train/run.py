@@ -81,13 +81,15 @@ class RunFolder:
     def write_metrics(self, history: list[dict]) -> None:
         write_text(self.metrics_file, "".join(json.dumps(h) + "\n" for h in history))
 
-    def write_summary(self, summary: dict, confusion: list[list[int]], class_names: list[str],
-                      history: list[dict]) -> None:
+    def write_summary(self, summary: dict, history: list[dict], confusion: list[list[int]] | None = None,
+                      class_names: list[str] | None = None) -> None:
+        """summary.json (with the test confusion matrix of a classifier) and the plots."""
         # Imported here: matplotlib costs a second or two at start-up, and only the end needs it.
         from vitkit.train.plots import plot_confusion, plot_curves
 
-        write_json(self.summary_file, {**summary, "test_confusion": confusion})
+        write_json(self.summary_file, {**summary, "test_confusion": confusion} if confusion is not None else summary)
         if history:
             plot_curves(history, self.path / "plots")
-        plot_confusion(confusion, class_names, self.path / "plots" / "confusion.png",
-                       f"Test confusion matrix (top-1 {summary['test_acc']:.4f})")
+        if confusion is not None:
+            plot_confusion(confusion, class_names, self.path / "plots" / "confusion.png",
+                           f"Test confusion matrix (top-1 {summary['test_acc']:.4f})")

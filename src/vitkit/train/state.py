@@ -1,4 +1,5 @@
-"""Training checkpoints: model, optimiser, EMA, RNG states and progress in one safetensors file.
+"""Training checkpoints: model, optimiser, EMA, the objective's own parameters, RNG states and
+progress in one safetensors file.
 
 The model tensors keep their plain names and the header carries the model config, so a
 training checkpoint is also a model file that `vitkit.load` reads; everything else sits
@@ -49,10 +50,13 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 def save_training_state(path: str | Path, model_config: ModelConfig, model_state: dict[str, torch.Tensor],
                         optimizer_state: dict, ema_shadow: dict[str, torch.Tensor] | None,
-                        progress: dict) -> None:
-    """`model_state` and `optimizer_state` are full (unsharded) state dicts, the optimiser's keyed
-    by parameter index as `Optimizer.state_dict()` gives them, whatever the number of processes."""
+                        progress: dict, objective_state: dict[str, torch.Tensor] | None = None) -> None:
+    """`model_state`, `objective_state` (the objective's own parameters: an MAE decoder, an MPP
+    head) and `optimizer_state` are full (unsharded) state dicts, the optimiser's keyed by
+    parameter index as `Optimizer.state_dict()` gives them, whatever the number of processes."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    for k, v in (objective_state or {}).items():
+        tensors[f"{PREFIX}objective.{k}"] = v.detach().contiguous().cpu()
     opt = optimizer_state
     for index, slots in opt["state"].items():
         for name, value in slots.items():
@@ -70,8 +74,8 @@ def save_training_state(path: str | Path, model_config: ModelConfig, model_state
 
 
 def load_training_state(path: str | Path) -> dict:
-    """{'model': state dict, 'optimizer': optimiser state dict, 'ema': dict | None,
-    'rng': (tensors, meta), 'progress': dict} from a training checkpoint."""
+    """{'model': state dict, 'objective': state dict, 'optimizer': optimiser state dict,
+    'ema': dict | None, 'rng': (tensors, meta), 'progress': dict} from a training checkpoint."""
     path = Path(path)
     meta = read_header(path)
     if "train_state" not in meta:
@@ -82,7 +86,7 @@ def load_training_state(path: str | Path) -> dict:
         raise CheckpointError(f"{path} has an unreadable training state ({type(e).__name__}: {e})") from None
     problem = _state_problem(state)
     tensors = read_tensors(path)
-    model, optim_state, ema, rng = {}, {}, {}, {}
+    model, objective, optim_state, ema, rng = {}, {}, {}, {}, {}
     for key, value in tensors.items():
         if not key.startswith(PREFIX):
             model[key] = value
@@ -94,13 +98,15 @@ def load_training_state(path: str | Path) -> dict:
             optim_state.setdefault(int(index), {})[name] = value
         elif key.startswith(PREFIX + "ema."):
             ema[key[len(PREFIX + "ema."):]] = value
+        elif key.startswith(PREFIX + "objective."):
+            objective[key[len(PREFIX + "objective."):]] = value
         elif key.startswith(PREFIX + "rng."):
             rng[key[len(PREFIX):]] = value
     problem = problem or _rng_tensor_problem(rng)
     if problem:
         raise CheckpointError(f"{path} has a damaged training state ({problem}); resume from another "
                               "checkpoint or start the run again")
-    return {"model": model,
+    return {"model": model, "objective": objective,
             "optimizer": {"state": optim_state, "param_groups": state["param_groups"]},
             "ema": ema or None, "rng": (rng, state["rng"]), "progress": state["progress"]}
 
@@ -123,10 +129,11 @@ def check_fits_optimizer(state: dict, optimizer: torch.optim.Optimizer, path: st
                                       f"{tuple(value.shape)}, not {tuple(params[index].shape)}")
 
 
-# What the trainer keeps in "progress"; a resumed run reads every one of them.
-_PROGRESS = {"epoch": int, "update": int, "best_val_acc": (int, float), "best_epoch": int, "bad_epochs": int,
+# What the trainer keeps in "progress"; a resumed run reads every one of them. `best` is the best
+# value so far of the objective's monitored validation number (accuracy, or a pre-training loss).
+_PROGRESS = {"epoch": int, "update": int, "best_epoch": int, "bad_epochs": int,
              "train_seconds": (int, float), "history": list}
-_HISTORY = ("epoch", "train_loss", "train_acc", "val_acc")
+_HISTORY = ("epoch", "train_loss")
 # Written since mid-epoch checkpoints; older checkpoints lack them and start from zero.
 _PROGRESS_COUNTS = ("step", "skipped_updates", "skipped_in_a_row")
 _SUMS = ("loss", "correct", "images", "skipped")
@@ -146,9 +153,15 @@ def _state_problem(state) -> str | None:
         return "param_groups is not a list of optimiser groups"
     if not isinstance(progress, dict):
         return "no progress record"
+    if "best" not in progress and "best_val_acc" in progress:  # written before pre-training ran here
+        progress["best"] = progress.pop("best_val_acc")
+        if progress["best"] == -1.0 and progress.get("best_epoch") == -1:
+            progress["best"] = None
     for key, kinds in _PROGRESS.items():
         if not _is(progress.get(key), kinds):
             return f"progress has no valid {key!r}"
+    if "best" not in progress or not (progress["best"] is None or _is(progress["best"], (int, float))):
+        return "progress has no valid 'best'"
     for key in _PROGRESS_COUNTS:
         if key in progress and not (_is(progress[key], int) and progress[key] >= 0):
             return f"progress has no valid {key!r}"
@@ -158,6 +171,8 @@ def _state_problem(state) -> str | None:
     for entry in progress["history"]:
         if not isinstance(entry, dict) or not all(_is(entry.get(k), (int, float)) for k in _HISTORY):
             return "a history entry lacks the epoch's numbers"
+        if not all(_is(v, (int, float)) for v in entry.values()):
+            return "a history entry holds something other than numbers"
     if not isinstance(rng, dict):
         return "no random-generator state"
     numpy_state, python_state = rng.get("numpy"), rng.get("python")

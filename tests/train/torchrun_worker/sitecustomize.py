@@ -109,9 +109,9 @@ def _sigterm_at_update(update: int) -> None:
 
 
 def _nan_at_step(step: int) -> None:
-    import vitkit.train.loop as loop
+    import vitkit.objectives.supervised as supervised
 
-    real_loss = loop.soft_cross_entropy
+    real_loss = supervised.soft_cross_entropy
     calls = [0]
 
     def loss(logits, targets):
@@ -119,7 +119,7 @@ def _nan_at_step(step: int) -> None:
         value = real_loss(logits, targets)
         return value * float("nan") if calls[0] == step else value
 
-    loop.soft_cross_entropy = loss
+    supervised.soft_cross_entropy = loss
 
 
 if "RANK" in os.environ:

@@ -1,0 +1,76 @@
+"""Which dataset, and how it is split and read: the options every command that reads a
+dataset shares (`vitkit train`, `pretrain`, `eval`, `shard`, `fewshot`, `probe`, `analyze`,
+`experiment`), in one object with one set of defaults, read by `load_data`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from vitkit.errors import ConfigError
+
+# Fields that older configs (and keyword arguments) give beside the source, not inside a spec.
+SPLIT_FIELDS = ("split_seed", "val_fraction", "test_fraction", "skip_bad_images", "max_image_pixels")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """`source`: "digits", an image folder, a CIFAR python folder, an .npz file or a shard
+    folder. Parts a source does not provide (val, or val and test) are carved from its
+    training images by a stratified split, deterministic for `split_seed`, of `val_fraction`
+    and `test_fraction` of them. Unreadable images stop the read unless `skip_bad_images`;
+    image files above `max_image_pixels` pixels are refused (None: $VITKIT_MAX_IMAGE_PIXELS or
+    Pillow's default of 89,478,485; 0: no limit)."""
+
+    source: str = "digits"
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    skip_bad_images: bool = False
+    max_image_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, os.PathLike):
+            object.__setattr__(self, "source", os.fspath(self.source))
+        if not isinstance(self.source, str) or not self.source:
+            raise ConfigError(f"the data source must be a name or a path, not {self.source!r}")
+        for name in ("split_seed",):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise ConfigError(f"{name} must be an integer, not {getattr(self, name)!r}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number, not {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not isinstance(self.skip_bad_images, bool):
+            raise ConfigError(f"skip_bad_images must be true or false, not {self.skip_bad_images!r}")
+        limit = self.max_image_pixels
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ConfigError(f"max_image_pixels must be a number of pixels, 0 for no limit; got {limit!r}")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):
+            raise ConfigError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} must be "
+                              "in [0, 1) and leave some images for training")
+
+    @classmethod
+    def of(cls, value: "DataSpec | str | os.PathLike | dict[str, Any]", **changes) -> "DataSpec":
+        """A spec from a spec, a source string or path, or a mapping of its fields; `changes`
+        (split_seed=..., ...) override it."""
+        if isinstance(value, cls):
+            spec = value
+        elif isinstance(value, dict):
+            unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+            if unknown:
+                raise ConfigError(f"unknown data option(s): {', '.join(map(str, unknown))}")
+            spec = cls(**value)
+        else:
+            spec = cls(source=value)
+        return dataclasses.replace(spec, **changes) if changes else spec
+
+    def replace(self, **changes) -> "DataSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
