@@ -91,7 +91,7 @@ class MaskedAutoencoder(Objective):
 
     def targets(self, normalized: torch.Tensor) -> torch.Tensor:
         target = patchify(normalized.float(), self.patch)
-        if self.norm_pix:
+        if self.norm_pix and target.numel():
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True, unbiased=False)
             target = (target - mean) / (var + 1e-6).sqrt()
@@ -121,8 +121,12 @@ class MaskedAutoencoder(Objective):
         return error * hidden, hidden
 
     def forward(self, model, pixels, targets, draws: Draws) -> dict[str, torch.Tensor]:
+        """The mean squared error over the hidden patches. Every image hides as many, so this is
+        the mean over the images of each one's own error, and a batch split over processes gives
+        the gradient of the whole; an empty part gives zero."""
         error, hidden = self._error(model, pixels, draws)
-        return {"loss": error.sum() / hidden.sum()}
+        per_image = hidden.shape[1] - max(1, round((1.0 - self.mask_ratio) * hidden.shape[1]))
+        return {"loss": error.sum() / (max(hidden.shape[0], 1) * per_image)}
 
     @torch.no_grad()
     def evaluate(self, model, pixels, labels, draws: Draws) -> dict[str, torch.Tensor]:

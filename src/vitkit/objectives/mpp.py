@@ -108,9 +108,10 @@ class MaskedPatchPrediction(Objective):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.head = nn.Linear(cfg.width, num_colour_classes(cfg.in_chans))
 
-    def _sums(self, model: VisionTransformer, pixels: torch.Tensor, draws: Draws, reduction: str) -> dict:
-        """The colour prediction at the corrupted patches: `pixels` in [0, 1] give the targets
-        and, normalised, the model's input."""
+    def _colours(self, model: VisionTransformer, pixels: torch.Tensor, draws: Draws
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Logits and target colours of the corrupted patches, and the patches per image:
+        `pixels` in [0, 1] give the targets and, normalised, the model's input."""
         targets = mean_colour_targets(pixels, self.patch)
         kind, other = corruption_plan(draws.uniform(3, targets.shape[1]))
         with autocast(self.device, self.precision):
@@ -120,17 +121,22 @@ class MaskedPatchPrediction(Objective):
             tokens = out["encoder"][:, model.config.num_prefix_tokens:]
             chosen = kind != KEPT
             logits = self.head(tokens[chosen]).float()
-        wanted = targets[chosen]
-        if wanted.numel() == 0:
-            loss = logits.sum() * 0.0
-        else:
-            loss = F.cross_entropy(logits, wanted, reduction=reduction)
+        return logits, targets[chosen], targets.shape[1]
+
+    def forward(self, model, pixels, targets, draws: Draws) -> dict[str, torch.Tensor]:
+        """The cross-entropy summed over the corrupted patches and divided by the number
+        expected (CORRUPT_RATE of the batch's patches), not by the number drawn: the batch's loss
+        is then the mean over its images of a quantity of each image alone, so a batch split over
+        processes, each weighted by its share of the images, gives the gradient of the whole."""
+        logits, wanted, patches = self._colours(model, pixels, draws)
+        expected = max(pixels.shape[0], 1) * patches * CORRUPT_RATE
+        loss = F.cross_entropy(logits, wanted, reduction="sum") / expected
         return {"loss": loss, "correct": (logits.argmax(-1) == wanted).sum(),
                 "count": torch.tensor(wanted.numel(), device=pixels.device)}
 
-    def forward(self, model, pixels, targets, draws: Draws) -> dict[str, torch.Tensor]:
-        return self._sums(model, pixels, draws, "mean")
-
     @torch.no_grad()
     def evaluate(self, model, pixels, labels, draws: Draws) -> dict[str, torch.Tensor]:
-        return self._sums(model, pixels, draws, "sum")
+        logits, wanted, _ = self._colours(model, pixels, draws)
+        return {"loss": F.cross_entropy(logits, wanted, reduction="sum"),
+                "correct": (logits.argmax(-1) == wanted).sum(),
+                "count": torch.tensor(wanted.numel(), device=pixels.device)}

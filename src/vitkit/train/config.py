@@ -276,6 +276,12 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
     with its split options beside it (before the DataSpec), or a `vitkit pretrain` config (its
     own loop's, before pre-training ran on the Trainer), which has the same fields."""
     d = dict(d)
+    if d.get("objective") in PRETRAIN_OBJECTIVES and "optimizer" not in d:
+        # `vitkit pretrain` always used AdamW, and its model's head (sized for the data's classes)
+        # was dropped at the end: the encoder is headless.
+        d["optimizer"] = "adamw"
+        if isinstance(d.get("model_options"), dict) and "num_classes" in d["model_options"]:
+            d["model_options"] = {**d["model_options"], "num_classes": 0}
     if not isinstance(d.get("data", {}), dict) or any(name in d for name in SPLIT_FIELDS):
         source = d.get("data", DataSpec.source)
         spec = source if isinstance(source, dict) else {"source": source}

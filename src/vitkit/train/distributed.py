@@ -145,6 +145,10 @@ class Distributed:
                               "with `torchrun --nproc_per_node N -m vitkit train ...` or leave out --fsdp")
         if not self.active:
             return
+        if cfg.fsdp and cfg.adversarial != "none":
+            raise ConfigError("--adversarial with --fsdp: the attack back-propagates to the images inside "
+                              "the training step, which FSDP2 takes for the step's own backward and reshards "
+                              "the weights before the step is done; use DDP (leave out --fsdp)")
         if cfg.fsdp and cfg.ema > 0:
             raise ConfigError("--ema keeps a full copy of the weights on every process, which --fsdp "
                               "does not; leave out --ema or --fsdp")
