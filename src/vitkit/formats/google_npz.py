@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +93,6 @@ RULES = [
 
 
 # ----------------------------------------------------------------------------- reading
-
-def is_npz(path: Path) -> bool:
-    return path.is_file() and zipfile.is_zipfile(path)
-
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of an .npz, refusing pickled objects, with big_vision's `params/` stripped."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from vitkit.models.config import ModelConfig
 from vitkit.models.presets import preset_config, preset_names
 from vitkit.models.vit import VisionTransformer
@@ -17,15 +19,12 @@ def create_model(name: str = "custom", **overrides) -> VisionTransformer:
     return VisionTransformer(cfg)
 
 
-def build_model(cfg: ModelConfig) -> VisionTransformer:
-    return VisionTransformer(cfg)
-
-
 def list_models() -> list[str]:
     return preset_names()
 
 
-def count_parameters(model) -> int:
+def count_parameters(model: torch.nn.Module) -> int:
+    """Parameters of a model (on any device, the meta device included)."""
     return sum(p.numel() for p in model.parameters())
 
 
@@ -73,5 +72,5 @@ def _resnet_macs(cfg: ModelConfig) -> int:
     return macs
 
 
-__all__ = ["ModelConfig", "VisionTransformer", "create_model", "build_model", "list_models",
+__all__ = ["ModelConfig", "VisionTransformer", "create_model", "list_models",
            "count_parameters", "forward_flops"]

@@ -31,6 +31,7 @@ from vitkit.data.shards import is_shard_folder
 from vitkit.device import pick_device, pick_precision, seed_everything
 from vitkit.errors import ConfigError, StoppedBySignal, TrainingDiverged
 from vitkit.formats import load as load_checkpoint
+from vitkit.models import count_parameters
 from vitkit.models.vit import VisionTransformer
 from vitkit.objectives import build_objective
 from vitkit.objectives.base import Draws
@@ -512,7 +513,7 @@ class Trainer:
             "train_seconds": round(self.progress["train_seconds"], 3),
             "checkpoint": str(chosen),
             "model": self.cfg.model if self.cfg.model != "custom" else self.model.config.name,
-            "params": sum(p.numel() for p in self.model.parameters()),
+            "params": count_parameters(self.model),
             "data": self.data.source,
             "device": str(self.device),
             "precision": self.precision,
