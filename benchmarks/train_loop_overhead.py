@@ -2,9 +2,10 @@
 by step two ways in one process on the same model and optimiser:
 
 - "loop": what `Trainer.train_epoch` does per step: slice the uint8 images kept on the
-  device, convert, augment (batched, on the device), normalise, forward, loss, backward,
-  accumulate loss and accuracy in device tensors (no .item()), LR schedule, clip, AdamW step;
-- "fixed": the same forward/loss/backward/update on one pre-made, pre-normalised tensor.
+  device, convert, augment (batched, on the device), then the training step (normalise,
+  forward, loss), backward, accumulate loss and accuracy in device tensors (no .item()), LR
+  schedule, clip, optimiser step;
+- "fixed": the same step/backward/update on one pre-made, pre-augmented tensor.
 
 The two alternate in blocks of steps; the ratio of medians is the loop's efficiency
 (target >= 95%). On a loaded machine whole steps are noisy, so the data path alone is also
@@ -27,9 +28,9 @@ import torch
 
 from _common import header, log, write
 from vitkit.bench import machine_info
-from vitkit.device import autocast
+from vitkit.objectives.base import Draws
 from vitkit.train.config import TrainConfig
-from vitkit.train.loop import Trainer, soft_cross_entropy
+from vitkit.train.loop import Trainer
 
 
 def main() -> None:
@@ -51,12 +52,10 @@ def main() -> None:
         correct = torch.zeros(())
 
         def step(x, targets):
-            with autocast(trainer.device, trainer.precision):
-                logits = trainer.forward(x)
-            loss = soft_cross_entropy(logits, targets)
-            loss.backward()
-            loss_sum.add_(loss.detach() * x.shape[0])
-            correct.add_((logits.detach().argmax(1) == targets.argmax(1)).sum())
+            out = trainer.step(x, targets, Draws(0, (0, 0), range(x.shape[0]), trainer.device))
+            out["loss"].backward()
+            loss_sum.add_(out["loss"].detach() * x.shape[0])
+            correct.add_((out["logits"].detach().argmax(1) == targets.argmax(1)).sum())
             trainer._update(0)
 
         def loop_block():
@@ -77,7 +76,7 @@ def main() -> None:
                 start = time.perf_counter()
                 block()
                 times[name].append((time.perf_counter() - start) / args.steps)
-        # The data path alone (slice, convert, augment, normalise), timed over many calls: small
+        # The data path alone (slice, convert, augment), timed over many calls: small
         # and steady enough to measure precisely even when the whole steps are noisy.
         data_times = []
         for _ in range(args.data_calls):
@@ -103,7 +102,7 @@ def main() -> None:
           f"| training with the loop's data path and augmentation | {loop_s * 1e3:.1f} | {batch / loop_s:.0f} |\n"
           f"| training on one fixed tensor | {fixed_s * 1e3:.1f} | {batch / fixed_s:.0f} |\n"
           f"| efficiency, whole steps (fixed / loop time) | {100 * fixed_s / loop_s:.1f}% | |\n"
-          f"| the data path alone (slice, uint8 -> float, augment, normalise; median of {args.data_calls}) "
+          f"| the data path alone (slice, uint8 -> float, augment; median of {args.data_calls}) "
           f"| {data_s * 1e3:.2f} | |\n"
           f"| **efficiency from the data path (fixed / (fixed + data path))** | "
           f"**{100 * fixed_s / (fixed_s + data_s):.1f}%** | |\n"
