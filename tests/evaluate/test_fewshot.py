@@ -53,6 +53,8 @@ def test_random_labels_give_chance_accuracy_and_draws_differ():
     result = fewshot_evaluate(x[:200], y[:200], x[200:], y[200:], shots=(5,), repeats=6, seed=0)
     assert abs(result["shots"][5]["mean"] - 0.25) < 0.1
     assert result["shots"][5]["std"] > 0
+    # Each draw's accuracy is the exact ratio k / 200 of its right answers.
+    assert all(a == round(a * 200) / 200 for a in result["shots"][5]["accuracies"])
 
 
 def test_same_seed_same_draws():

@@ -37,6 +37,9 @@ def test_probe_accuracy_matches_sklearn_with_the_chosen_decay():
     assert result["test_accuracy"] == pytest.approx(oracle.score(((x[te] - mean) / std).numpy(), y[te].numpy()))
     assert result["val_accuracy"] == max(result["val_accuracy_per_weight_decay"].values())
     assert 0.5 < result["test_accuracy"] <= 1.0
+    # Exact ratios of counts: k / 150 of the test and validation images.
+    for accuracy in (result["test_accuracy"], *result["val_accuracy_per_weight_decay"].values()):
+        assert accuracy == round(accuracy * 150) / 150
 
 
 def test_probe_needs_validation_data():
