@@ -28,8 +28,10 @@ def _oracle(model, path):
         return model.forward_intermediates(x, attention=True)
 
 
-def test_predictions_equal_vitkit_predict_on_the_same_file(tmp_path, capsys):
-    model = make_model("token")
+# The second: a released model's preprocessing (resize to image_size / crop_pct, centre crop).
+@pytest.mark.parametrize("release", [{}, dict(interpolation="bicubic", crop_pct=0.875, crop_mode="center")])
+def test_predictions_equal_vitkit_predict_on_the_same_file(tmp_path, capsys, release):
+    model = make_model("token", **release)
     checkpoint = tmp_path / "tiny.safetensors"
     vitkit.save(model, checkpoint)
     image = tmp_path / "photo.png"

@@ -71,8 +71,13 @@ class Explorer:
             raise RequestError(400, f"the upload has no field 'image' (fields: {names}); "
                                     "send the file as the form field 'image'")
         cfg = self.config
-        pixels = read_upload(fields["image"], cfg.image_size, cfg.in_chans, self.max_image_pixels)
-        return self._answer(torch.tensor(pixels).float() / 255.0, top_k)
+        # As `vitkit predict` reads files: decoded at the model's size, except that a released
+        # model gets its release's resize and crop of the image at its own size.
+        if cfg.interpolation is None:
+            pixels = read_upload(fields["image"], cfg.image_size, cfg.in_chans, self.max_image_pixels)
+            return self._answer(torch.tensor(pixels).float() / 255.0, top_k)
+        pixels = read_upload(fields["image"], None, cfg.in_chans, self.max_image_pixels)
+        return self._answer(resize_images([torch.tensor(pixels)], cfg)[0], top_k)
 
     def predict_sample(self, index: int, top_k: int = TOP_K) -> dict:
         """GET /api/sample/<index>: a sample of --data through the model, with its true label."""

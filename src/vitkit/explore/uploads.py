@@ -9,7 +9,7 @@ from email.message import Message
 
 import numpy as np
 
-from vitkit.data.images import BadImage, Size, pixel_limit, read_pixels
+from vitkit.data.images import BadImage, Size, pixel_limit, read_header, read_pixels
 from vitkit.errors import DataError
 
 # The size of a request body taken by default: camera photos are a few MB.
@@ -61,14 +61,17 @@ def multipart_fields(body: bytes, content_type: str) -> dict[str, bytes]:
     raise RequestError(400, "malformed multipart upload: no closing boundary (was the upload cut short?)")
 
 
-def read_upload(data: bytes, size: Size, channels: int, max_image_pixels: int | None = None) -> np.ndarray:
-    """An uploaded image file's bytes -> (C, H, W) uint8 at `size`, exactly as `vitkit predict`
-    reads a file of the same bytes; RequestError 422 naming the problem when it is not a
-    usable image (not an image, damaged, more pixels than the limit)."""
+def read_upload(data: bytes, size: Size | None, channels: int, max_image_pixels: int | None = None) -> np.ndarray:
+    """An uploaded image file's bytes -> (C, H, W) uint8, resized to `size` or at its own size
+    (None), exactly as the image-file readers read a file of the same bytes; RequestError 422
+    naming the problem when it is not a usable image (not an image, damaged, more pixels than
+    the limit)."""
     if not data:
         raise RequestError(422, "the upload is empty")
     try:
         with _DECODING, pixel_limit(max_image_pixels):
+            if size is None:
+                size = read_header(io.BytesIO(data)).size
             return read_pixels(io.BytesIO(data), size, channels)
     except BadImage as e:
         raise RequestError(422, f"the upload is not a usable image: {e}") from None
