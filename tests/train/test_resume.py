@@ -93,12 +93,12 @@ def test_the_progress_bar_resumes_at_the_image_reached(tiny_npz, tmp_path, monke
     bars = []
     import vitkit.train.loop as loop
 
-    class RecordingBar(loop.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            bars.append((kwargs["initial"], kwargs["total"]))
+    class RecordingBar(loop.Progress):
+        def __init__(self, total, *args, **kwargs):
+            super().__init__(total, *args, **kwargs)
+            bars.append((kwargs["initial"], total))
 
-    monkeypatch.setattr(loop, "tqdm", RecordingBar)
+    monkeypatch.setattr(loop, "Progress", RecordingBar)
     Trainer(TrainConfig(out=str(out)), resume=True, quiet=True).run()
     # The bar counts images (it shows images/s): 84 an epoch, batches of 4, two steps done.
     assert bars == [(84 + 2 * 4, 3 * 84)]

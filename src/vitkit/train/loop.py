@@ -35,6 +35,7 @@ from vitkit.models import count_parameters
 from vitkit.models.vit import VisionTransformer
 from vitkit.objectives import build_objective
 from vitkit.objectives.base import Draws
+from vitkit.progress import Progress
 from vitkit.train.auto import resolve
 from vitkit.train.batches import RunBatches, read_splits
 from vitkit.train.checkpoints import Checkpoints
@@ -433,11 +434,10 @@ class Trainer:
             self.hold_train_images()
         p = self.progress
         monitor = self.objective.monitor
-        # Counting images, so the bar shows images/s.
+        # Counting images, so the bar shows images/s; off a terminal, one line per epoch.
         done = p["epoch"] * self.train_count + min(p["step"] * self.cfg.batch_size, self.train_count)
-        bar = tqdm(total=self.cfg.epochs * self.train_count, initial=done, unit="img", dynamic_ncols=True,
-                   disable=True if self.quiet else None, file=sys.stderr, desc=self.cfg.objective
-                   if self.cfg.pretraining else "train")
+        bar = Progress(self.cfg.epochs * self.train_count, self.cfg.objective if self.cfg.pretraining else "train",
+                       "img", quiet=self.quiet, initial=done)
         with bar, self.signals.watching():
             for epoch in range(p["epoch"], self.cfg.epochs):
                 if p["bad_epochs"] >= self.cfg.early_stop > 0:
@@ -451,12 +451,9 @@ class Trainer:
                              seconds=round(p["train_seconds"], 3))
                 self._end_epoch(epoch, stats)
                 k = stats["skipped_updates"]
-                bar.set_postfix(loss=f"{stats['train_loss']:.3f}", **{monitor: f"{stats[monitor]:.4f}"},
-                                **({"skipped": k} if k else {}))
-                if bar.disable and not self.quiet:
-                    skipped = f"  skipped {k} update{'s' if k > 1 else ''}" if k else ""
-                    self.say(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {stats['train_loss']:.4f}  "
-                             f"{monitor} {stats[monitor]:.4f}  {stats['seconds']:.1f}s{skipped}")
+                skipped = f"  skipped {k} update{'s' if k > 1 else ''}" if k else ""
+                bar.milestone(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {stats['train_loss']:.4f}  "
+                              f"{monitor} {stats[monitor]:.4f}  {stats['seconds']:.1f}s{skipped}")
                 if self.signals.requested():
                     raise self._stopped()
         return self.finish()
