@@ -2,9 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 
 import vitkit
@@ -152,17 +154,52 @@ def test_fine_tuning_with_a_frozen_backbone_changes_only_the_new_head(tmp_path):
     assert summary["test_acc"] > 0.1
 
 
-def test_init_fits_a_checkpoint_to_new_data_size_and_classes(tmp_path):
+def test_init_keeps_the_checkpoints_model_and_says_what_it_adapts(tmp_path, capsys):
     other = vitkit.create_model("custom", image_size=32, patch_size=4, in_chans=3, num_classes=4, **TINY)
     path = vitkit.save(other, tmp_path / "rgb32.safetensors")
-    trainer = Trainer(config(tmp_path, "fit", epochs=1, init=str(path), model_options={}), quiet=True)
+    trainer = Trainer(config(tmp_path, "fit", epochs=1, init=str(path), model_options={}))
     cfg = trainer.model.config
-    # The digits train at 16x16 (8x8 upsampled twice): the 8x8 grid of embeddings becomes 4x4.
-    assert (cfg.in_chans, cfg.num_classes, cfg.image_size, cfg.patch_size) == (1, 10, (16, 16), 4)
-    assert trainer.model.pos_embed.weight.shape == (1, 1 + 16, 16)
+    # The checkpoint's architecture, resolution and channels; a new zero head for the data's classes.
+    assert (cfg.in_chans, cfg.num_classes, cfg.image_size, cfg.patch_size, cfg.width) == (3, 10, (32, 32), 4, 16)
     assert trainer.model.head.weight.abs().sum() == 0
-    # RGB -> grey sums the colour filters, so a grey image gives the same patch embedding.
-    assert torch.allclose(trainer.model.patch_embed.proj.weight, other.patch_embed.proj.weight.sum(1, keepdim=True))
+    assert torch.equal(trainer.model.patch_embed.proj.weight, other.patch_embed.proj.weight)
+    notes = capsys.readouterr().err
+    assert f"auto: model: the --init checkpoint {path}: width 16, depth 1, 2 heads, patch 4, 32x32 inputs" in notes
+    assert "auto: images resized from 8x8 to the model's 32x32" in notes
+    assert "auto: channels: grey images fed as RGB (R = G = B), the checkpoint's 3 channels" in notes
+    assert "auto: head: a new zero-initialised head for 10 classes (the checkpoint's 4-class head is dropped)" in notes
+    assert "auto: recipe: finetune" in notes and trainer.cfg.recipe == "finetune"
+    # config.yaml records what was used: no architecture of its own, the resolution it ran at.
+    saved = TrainConfig.from_yaml(tmp_path / "fit" / "config.yaml")
+    assert (saved.model, saved.model_options, saved.image_size) == ("auto", {}, 32)
+
+
+def test_init_at_another_resolution_resamples_the_position_embeddings(tmp_path, capsys):
+    other = vitkit.create_model("custom", image_size=32, patch_size=4, in_chans=3, num_classes=4, **TINY)
+    path = vitkit.save(other, tmp_path / "rgb32.safetensors")
+    trainer = Trainer(config(tmp_path, "fit", epochs=1, init=str(path), image_size=16, model_options={"dropout": 0.2}))
+    # The 8x8 grid of embeddings becomes 4x4; dropout is the one kind of option that applies.
+    assert trainer.model.pos_embed.weight.shape == (1, 1 + 16, 16) and trainer.model.config.dropout == 0.2
+    assert "position embeddings resampled from a 8x8 to a 4x4 grid of patches" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, refused", [({"width": 64}, "--width cannot change the architecture"),
+                                              ({"posemb": "sincos2d"}, "--posemb cannot change the architecture")])
+def test_init_refuses_architecture_options_it_cannot_apply(tmp_path, options, refused):
+    other = vitkit.create_model("custom", image_size=32, patch_size=4, in_chans=3, num_classes=4, **TINY)
+    path = vitkit.save(other, tmp_path / "rgb32.safetensors")
+    with pytest.raises(ConfigError, match=refused):
+        Trainer(config(tmp_path, "fit", epochs=1, init=str(path), model_options=options), quiet=True)
+    assert not (tmp_path / "fit" / "config.yaml").exists()
+
+
+def test_a_single_class_is_refused_before_training(tmp_path):
+    folder = tmp_path / "one" / "cats"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((8, 8), 30 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(ConfigError, match=r"has 1 class \(cats\); a classifier needs at least two"):
+        train(config(tmp_path, data=str(tmp_path / "one")), quiet=True)
 
 
 def test_a_finished_or_existing_run_folder_is_never_overwritten(tmp_path):

@@ -15,7 +15,8 @@ TRAIN_HELP = {
     "model": "auto (picked from the data), custom, or a preset from `vitkit models`",
     "init": "checkpoint to fine-tune from (new zero-initialised head, embeddings resized)",
     "freeze": "none, or backbone to train only the head",
-    "recipe": "default, or finetune (the paper's: SGD momentum 0.9, no weight decay, clip 1, cosine)",
+    "recipe": "default, or finetune (the paper's: SGD momentum 0.9, no weight decay, clip 1, cosine); "
+              "default: finetune with --init, else default",
     "epochs": "training epochs (default: picked from the data size)",
     "batch_size": "images per step",
     "optimizer": "adamw, sgd, or muon (Muon for the blocks' weight matrices, AdamW for the rest)",

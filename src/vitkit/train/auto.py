@@ -17,6 +17,7 @@ from vitkit.formats import load as load_checkpoint
 from vitkit.models.config import ModelConfig, as_pair
 from vitkit.models.presets import preset_config
 from vitkit.objectives.distill import DEFAULT_ALPHA, DEFAULT_TAU
+from vitkit.train.init_model import INIT_OVERRIDES
 from vitkit.train.config import TrainConfig
 
 # Compact transformers for small datasets, where even ViT-Ti/16's 5.7 M parameters overfit
@@ -46,6 +47,61 @@ def model_input_size(data_size: tuple[int, int]) -> tuple[int, int]:
         return tuple(2 * s for s in data_size)
     patch = pick_patch_size(side)
     return tuple(max(patch, s // patch * patch) for s in data_size)
+
+
+def init_model_config(cfg: TrainConfig, data: DataSplits | ShardedSplits, init: ModelConfig,
+                      notes: list[str]) -> ModelConfig:
+    """The model of a run that starts from the checkpoint --init, whose config is `init`: its
+    architecture as it is, at its own resolution unless --image-size asks for another, its input
+    channels (the data is converted to them), a new head for the data's classes; of the model
+    options only the regularisation ones apply. Every adaptation is said in `notes`."""
+    options = dict(cfg.model_options)
+    classes = 0 if cfg.pretraining else data.num_classes
+    if "num_classes" in options and int(options.pop("num_classes")) != classes:
+        raise ConfigError(f"--num-classes does not match the data, which has {classes}; leave it out")
+    if cfg.model not in ("auto", "custom"):
+        raise ConfigError(f"--model {cfg.model} and --init: the model is the checkpoint's; leave out --model")
+    fixed = sorted(set(options) - set(INIT_OVERRIDES) - {"image_size"})
+    if fixed:
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in fixed)} cannot change the architecture of "
+                          f"the checkpoint {cfg.init}; with --init only --image-size and "
+                          f"{', '.join('--' + k.replace('_', '-') for k in INIT_OVERRIDES)} apply")
+    size = as_pair(options.pop("image_size", None) or cfg.image_size or init.image_size)
+    model = init.replace(image_size=size, num_classes=classes, class_names=() if cfg.pretraining
+                         else tuple(data.class_names), **options)
+    params = sum(p.numel() for p in _meta_model(model).parameters())
+    h, w = size
+    notes.append(f"model: the --init checkpoint {cfg.init}: width {model.width}, depth {model.depth}, "
+                 f"{model.num_heads} heads, patch {model.patch_size}{' on a ResNet stem' if model.stem == 'resnet' else ''}, "
+                 f"{h}x{w} inputs, {params:,} parameters")
+    if size != tuple(init.image_size):
+        notes.append(f"resolution: {init.image_size[0]}x{init.image_size[1]} -> {h}x{w} (--image-size): position "
+                     f"embeddings resampled from a {init.grid_size[0]}x{init.grid_size[1]} to a "
+                     f"{model.grid_size[0]}x{model.grid_size[1]} grid of patches")
+    if tuple(data.image_size) != size:
+        notes.append(f"images resized from {data.image_size[0]}x{data.image_size[1]} to the model's {h}x{w}")
+    if data.channels != model.in_chans:
+        notes.append("channels: grey images fed as RGB (R = G = B), the checkpoint's 3 channels" if data.channels == 1
+                     else "channels: RGB images fed as grey (the channels' mean), the checkpoint's 1 channel")
+    if cfg.pretraining:
+        notes.append("head: none (pre-training)" + (f"; the checkpoint's {init.num_classes}-class head is dropped"
+                                                    if init.num_classes else ""))
+    else:
+        dropped = f"the checkpoint's {init.num_classes}-class head is dropped" if init.num_classes else \
+            "the checkpoint had none"
+        notes.append(f"head: a new zero-initialised head for {classes} classes ({dropped})")
+    if options:
+        notes.append("regularisation: " + ", ".join(f"{k} {v}" for k, v in options.items()))
+    return model
+
+
+def _meta_model(cfg: ModelConfig):
+    import torch
+
+    from vitkit.models.vit import VisionTransformer
+
+    with torch.device("meta"):
+        return VisionTransformer(cfg)
 
 
 def resolve_model(cfg: TrainConfig, data: DataSplits | ShardedSplits, notes: list[str]) -> ModelConfig:
@@ -80,7 +136,7 @@ def resolve_model(cfg: TrainConfig, data: DataSplits | ShardedSplits, notes: lis
     return preset_config(name, **{**base, **options})
 
 
-def distillation_defaults(cfg: TrainConfig, notes: list[str]) -> TrainConfig:
+def distillation_defaults(cfg: TrainConfig, notes: list[str], init: ModelConfig | None = None) -> TrainConfig:
     """With a teacher: DeiT's alpha and tau for the kind of distillation, and a distillation
     token for a student trained from scratch (one given by --init must have one)."""
     if cfg.distill == "none":
@@ -90,8 +146,8 @@ def distillation_defaults(cfg: TrainConfig, notes: list[str]) -> TrainConfig:
         changes["distill_alpha"] = DEFAULT_ALPHA[cfg.distill]
     if cfg.distill_tau is None:
         changes["distill_tau"] = DEFAULT_TAU
-    if cfg.init:
-        if not load_checkpoint(cfg.init).config.distill_token:
+    if init is not None:
+        if not init.distill_token:
             raise ConfigError(f"--teacher needs a student with a distillation token, and {cfg.init} has "
                               "none; train the student from scratch (leave out --init)")
     elif not cfg.model_options.get("distill_token"):
@@ -115,13 +171,23 @@ def describe_augment(aug: dict) -> str:
     return ", ".join(parts) or "none"
 
 
-def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits) -> tuple[TrainConfig, ModelConfig, list[str]]:
-    """Fill every `None` of `cfg` from the data; returns the resolved config, the model config
-    and the notes that explain the choices."""
+def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits, init: ModelConfig | None = None
+            ) -> tuple[TrainConfig, ModelConfig, list[str]]:
+    """Fill every `None` of `cfg` from the data (and the config `init` of the --init
+    checkpoint); returns the resolved config, the model config and the notes that explain the
+    choices."""
     notes: list[str] = []
-    cfg = distillation_defaults(cfg, notes)
-    model_cfg = resolve_model(cfg, data, notes)
+    if cfg.init and init is None:
+        init = load_checkpoint(cfg.init).config
+    cfg = distillation_defaults(cfg, notes, init)
+    model_cfg = init_model_config(cfg, data, init, notes) if init is not None else resolve_model(cfg, data, notes)
     n = len(data.train)
+    if cfg.recipe is None:
+        # Fine-tuning a checkpoint: the paper's recipe (SGD, no weight decay, clip 1, short).
+        cfg = cfg.replace(recipe="finetune" if cfg.init and not cfg.pretraining else "default")
+        if cfg.recipe == "finetune":
+            notes.append("recipe: finetune, the paper's for a checkpoint given by --init (SGD with momentum 0.9, "
+                         "no weight decay, clipping at 1, cosine; --recipe default trains as from scratch)")
     finetune = cfg.recipe == "finetune"
     changes: dict = {}
 
@@ -180,7 +246,8 @@ def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits) -> tuple[TrainCo
         # docs/training.md). Early stopping ends before that decay, so there the best epoch
         # is the result.
         changes["select"] = "best" if cfg.early_stop else "last"
-    picked = dataclasses.asdict(default_augment(model_cfg.image_size, model_cfg.in_chans, n))
+    # What the images are (grey scans or colour photos) decides, not the channels a model takes.
+    picked = dataclasses.asdict(default_augment(model_cfg.image_size, data.channels, n))
     picked.pop("label_smoothing")
     if cfg.pretraining:
         # Mixup and CutMix mix labels, which pre-training has none of.
@@ -190,9 +257,14 @@ def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits) -> tuple[TrainCo
         raise ConfigError(f"unknown augmentation option(s): {', '.join(unknown)}")
     changes["augment"] = {**picked, **cfg.augment}
     notes.append("augmentation: " + describe_augment(changes["augment"]))
-    if not cfg.init:
+    if init is None:
         # The whole architecture goes into config.yaml, so `--config` rebuilds exactly this model.
         options = model_cfg.to_dict()
         options.pop("class_names")
         changes.update(model="custom", model_options=options)
+    else:
+        # The architecture is the checkpoint's: config.yaml records what the run changed of it.
+        changes.update(model="auto", image_size=model_cfg.image_size[0] if model_cfg.image_size[0] ==
+                       model_cfg.image_size[1] else cfg.image_size,
+                       model_options={k: getattr(model_cfg, k) for k in INIT_OVERRIDES if k in cfg.model_options})
     return cfg.replace(**changes), model_cfg, notes

@@ -75,7 +75,8 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
     freeze: str = "none"
-    recipe: str = "default"
+    # "default" (from scratch) or "finetune" (the paper's fine-tuning); None: finetune with --init.
+    recipe: str | None = None
 
     epochs: int | None = None
     batch_size: int | None = None

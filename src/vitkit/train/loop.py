@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vitkit.data.augment import AugmentConfig, Augmenter
 from vitkit.data.shards import is_shard_folder
 from vitkit.device import pick_device, pick_precision, seed_everything
-from vitkit.errors import ConfigError, StoppedBySignal, TrainingDiverged
+from vitkit.errors import ConfigError, StoppedBySignal, TrainingDiverged, printable
 from vitkit.formats import load as load_checkpoint
 from vitkit.models import count_parameters
 from vitkit.models.vit import VisionTransformer
@@ -91,13 +91,21 @@ class Trainer:
         if len(self.data.train) == 0 or len(self.data.val) == 0:
             raise ConfigError("the training or validation split is empty; give more images or "
                               "change --val-fraction" + (" when running vitkit shard" if self.streaming else ""))
-        self.cfg, model_cfg, notes = resolve(cfg, self.data)
+        if self.data.num_classes < 2 and not cfg.pretraining:
+            raise ConfigError(f"{self.data.source} has {self.data.num_classes} class "
+                              f"({', '.join(map(printable, self.data.class_names)) or 'none'}); a classifier needs "
+                              "at least two: add a folder of images per class (or pre-train without labels "
+                              "with `vitkit pretrain`)")
+        # The --init checkpoint, read once: its config decides the model, its weights start it.
+        init = load_checkpoint(cfg.init) if cfg.init else None
+        self.cfg, model_cfg, notes = resolve(cfg, self.data, init.config if init is not None else None)
         for note in notes:
             self.say(f"auto: {note}")
         self.dist.check(self.cfg, streaming=self.streaming)
         seed_everything(self.cfg.seed)
         self.precision = pick_precision(self.cfg.precision, self.device)
-        self.model = build_model(model_cfg, self.cfg.init, self.cfg.model_options, self.cfg.freeze)
+        self.model = build_model(model_cfg, init, self.cfg.freeze)
+        del init
         # The objective's own parameters are drawn on every rank from the same stream as the
         # model's, before the ranks' streams part.
         self.objective = build_objective(self.cfg, self.model, self.device, self.precision)
