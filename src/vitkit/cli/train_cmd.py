@@ -21,6 +21,8 @@ TRAIN_HELP = {
     "batch_size": "images per step",
     "optimizer": "adamw, sgd, or muon (Muon for the blocks' weight matrices, AdamW for the rest)",
     "lr": "peak learning rate",
+    "layer_decay": "layer-wise learning-rate decay (BEiT/MAE fine-tuning): block i of L learns at "
+                   "lr * decay^(L - i), the stem and embeddings at lr * decay^(L + 1), e.g. 0.65; unset: off",
     "warmup_epochs": "linear warm-up length in epochs",
     "schedule": "cosine, linear or constant decay after warm-up",
     "schedule_unit": "update the learning rate every step or every epoch",

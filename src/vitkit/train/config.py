@@ -83,6 +83,9 @@ class TrainConfig:
     optimizer: str | None = None
     lr: float | None = None
     weight_decay: float | None = None
+    # Layer-wise learning-rate decay (BEiT, MAE fine-tuning): block i of L learns at
+    # lr * layer_decay ** (L - i), the stem and embeddings at lr * layer_decay ** (L + 1). None: off.
+    layer_decay: float | None = None
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float | None = None
@@ -178,6 +181,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"layer_decay must be in (0, 1] (1 turns it off), got {self.layer_decay}")
         if self.lr == 0:
             raise ConfigError("lr must be positive")
         if self.optimizer == "muon" and self.fsdp:

@@ -115,7 +115,7 @@ class Trainer:
         trained = self.dist.wrap(self.step_module, self.cfg.fsdp)
         own = self.objective if any(True for _ in self.objective.parameters()) else None
         self.optimizer = build_optimizer(self.model, self.cfg.optimizer, self.cfg.lr, self.cfg.weight_decay,
-                                         self.cfg.momentum, self.cfg.betas, extra=own)
+                                         self.cfg.momentum, self.cfg.betas, extra=own, layer_decay=self.cfg.layer_decay)
         self.ema = EMA(self.model, self.cfg.ema) if self.cfg.ema > 0 else None
         aug_cfg = AugmentConfig(**self.cfg.augment, label_smoothing=self.cfg.label_smoothing)
         self.augment = Augmenter(aug_cfg, self.data.num_classes, self.model.config.image_size,
@@ -455,7 +455,8 @@ class Trainer:
                 self._raise_if_diverged()
                 stats.update(self.validate())
                 self._tick()
-                stats.update(epoch=epoch + 1, lr=self.optimizer.param_groups[0]["lr"],
+                group = self.optimizer.param_groups[0]
+                stats.update(epoch=epoch + 1, lr=group["lr"] / group.get("lr_scale", 1.0),
                              seconds=round(p["train_seconds"], 3))
                 self._end_epoch(epoch, stats)
                 k = stats["skipped_updates"]

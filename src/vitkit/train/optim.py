@@ -11,16 +11,39 @@ from torch.optim.adamw import adamw
 from vitkit.models.vit import VisionTransformer
 
 
-def param_groups(model: VisionTransformer, weight_decay: float, extra: torch.nn.Module | None = None) -> list[dict]:
+def layer_id(name: str, depth: int) -> int:
+    """The layer of a parameter in layer-wise learning-rate decay (BEiT, MAE): 0 for the stem,
+    tokens and position embeddings, i + 1 for block i (and its own position embedding), depth + 1
+    for the final norm, pooling and heads."""
+    for prefix in ("blocks.", "layer_pos_embeds."):
+        if name.startswith(prefix):
+            return int(name.split(".")[1]) + 1
+    if name.startswith(("patch_embed.", "cls_token", "dist_token", "pos_embed")):
+        return 0
+    return depth + 1
+
+
+def param_groups(model: VisionTransformer, weight_decay: float, extra: torch.nn.Module | None = None,
+                 layer_decay: float | None = None) -> list[dict]:
     """Two groups: decayed weights, and the exempt norms, biases, tokens and embeddings; then
-    those two of `extra` (an objective's own parameters: its matrices decay, the rest not)."""
+    those two of `extra` (an objective's own parameters: its matrices decay, the rest not).
+    With `layer_decay` each of the model's two is split by `layer_id`, each group's learning
+    rate scaled by layer_decay ** (depth + 1 - layer) (`lr_scale`, which `set_lr` applies):
+    full for the head, smaller and smaller towards the stem."""
     exempt = model.no_weight_decay()
-    decay, no_decay = [], []
+    depth = model.config.depth
+    split = layer_decay is not None and layer_decay != 1.0
+    by_group: dict[tuple[int, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if name in exempt else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+            layer = layer_id(name, depth) if split else depth + 1
+            by_group.setdefault((layer, name in exempt), []).append(p)
+    groups = []
+    for (layer, is_exempt), params in sorted(by_group.items(), key=lambda item: (-item[0][0], item[0][1])):
+        group = {"params": params, "weight_decay": 0.0 if is_exempt else weight_decay}
+        if split:
+            group["lr_scale"] = layer_decay ** (depth + 1 - layer)
+        groups.append(group)
     if extra is not None:
         own = [p for p in extra.parameters() if p.requires_grad]
         groups += [{"params": [p for p in own if p.dim() > 1], "weight_decay": weight_decay},
@@ -29,12 +52,13 @@ def param_groups(model: VisionTransformer, weight_decay: float, extra: torch.nn.
 
 
 def build_optimizer(model: VisionTransformer, name: str, lr: float, weight_decay: float,
-                    momentum: float = 0.9, betas=(0.9, 0.999), extra: torch.nn.Module | None = None
-                    ) -> torch.optim.Optimizer:
-    """The optimiser of `model` and of `extra`, the objective's own parameters (if any)."""
+                    momentum: float = 0.9, betas=(0.9, 0.999), extra: torch.nn.Module | None = None,
+                    layer_decay: float | None = None) -> torch.optim.Optimizer:
+    """The optimiser of `model` and of `extra`, the objective's own parameters (if any), with
+    layer-wise learning-rate decay if asked (`param_groups`)."""
     if name == "muon":
-        return Muon(muon_groups(model, weight_decay, extra), lr=lr, betas=tuple(betas))
-    groups = param_groups(model, weight_decay, extra)
+        return Muon(muon_groups(model, weight_decay, extra, layer_decay), lr=lr, betas=tuple(betas))
+    groups = param_groups(model, weight_decay, extra, layer_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=False)
     # The fused kernel exists for CPUs as well as GPUs: on the default digits model one AdamW
@@ -44,18 +68,18 @@ def build_optimizer(model: VisionTransformer, name: str, lr: float, weight_decay
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device in ("cpu", "cuda") or None)
 
 
-def muon_groups(model: VisionTransformer, weight_decay: float, extra: torch.nn.Module | None = None) -> list[dict]:
+def muon_groups(model: VisionTransformer, weight_decay: float, extra: torch.nn.Module | None = None,
+                layer_decay: float | None = None) -> list[dict]:
     """`param_groups` with the weight matrices of the transformer blocks' linear layers
     (attention's qkv and projection, the MLP's two) moved to a group of their own that Muon
     updates; everything else (patch embedding, tokens, position embeddings and relative-position
     tables, norms, biases, head) stays with AdamW, as Muon's authors prescribe for the input and
     output layers."""
     linear = {id(m.weight) for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)}
-    groups = [{**g, "muon": False} for g in param_groups(model, weight_decay, extra)]
-    matrices = [p for g in groups for p in g["params"] if id(p) in linear]
+    groups = [{**g, "muon": False} for g in param_groups(model, weight_decay, extra, layer_decay)]
+    muon = [{**g, "params": [p for p in g["params"] if id(p) in linear], "muon": True} for g in groups]
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in linear]} for g in groups]
-    muon = [{"params": matrices, "weight_decay": weight_decay, "muon": True}] if matrices else []
-    return muon + [g for g in rest if g["params"]]
+    return [g for g in muon + rest if g["params"]]
 
 
 # The quintic Newton-Schulz coefficients of Muon (Jordan et al. 2024).
@@ -165,8 +189,9 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's learning rate: `lr` times the group's `lr_scale` (layer-wise decay), if any."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 class EMA:
