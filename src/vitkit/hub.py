@@ -26,7 +26,6 @@ import http.client
 import json
 import os
 import re
-import sys
 import urllib.error
 import urllib.request
 import zipfile
@@ -35,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 from vitkit.errors import DownloadError
 from vitkit.io import atomic_path
+from vitkit.progress import Progress
 
 HUB_PREFIX = "hf-hub:"
 URL_PREFIXES = ("https://", "http://")
@@ -139,12 +139,13 @@ def _download(url: str, target: Path, sha256: str | None) -> None:
         received = 0
         try:
             with atomic_path(target) as tmp:
-                with open(tmp, "wb") as out, _progress(declared, target.name) as bar:
+                total = -(-declared // _CHUNK) if declared is not None else None
+                with open(tmp, "wb") as out, Progress(total, f"downloading {target.name}", unit="MiB") as bar:
                     while chunk := response.read(_CHUNK):
                         out.write(chunk)
                         digest.update(chunk)
                         received += len(chunk)
-                        bar.update(len(chunk))
+                        bar.update(-(-received // _CHUNK) - bar.count)
                 if declared is not None and received != declared:
                     raise DownloadError(f"the download of {url} stopped after {received:,} of {declared:,} bytes; "
                                         "run the command again")
@@ -167,13 +168,6 @@ def _http_error(url: str, host: str, code: int) -> DownloadError:
     if code >= 500:
         return DownloadError(f"{host} failed with a server error (HTTP {code}) for {url}; try again later")
     return DownloadError(f"{host} answered HTTP {code} for {url}")
-
-
-def _progress(total: int | None, name: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"downloading {name}", unit="B", unit_scale=True, unit_divisor=1024,
-                file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
 
 
 def _check_structure(path: Path, url: str) -> None:
