@@ -10,9 +10,11 @@ from vitkit.train.config import TrainConfig
 
 def fake_splits(n_train: int, side: int = 32, channels: int = 3) -> DataSplits:
     def images(n):
-        # Only the shape matters to the defaults; a zero-stride view allocates one image.
-        return ImageSet(torch.zeros(1, channels, side, side, dtype=torch.uint8).expand(n, -1, -1, -1),
-                        torch.zeros(n, dtype=torch.long))
+        # Only the shape matters to the defaults, and that the images have detail at their size
+        # (white noise: see test_picker.py); a zero-stride view allocates one image.
+        noise = torch.randint(0, 256, (1, channels, side, side), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(0))
+        return ImageSet(noise.expand(n, -1, -1, -1), torch.zeros(n, dtype=torch.long))
     return DataSplits(images(n_train), images(10), images(10), [str(i) for i in range(10)])
 
 

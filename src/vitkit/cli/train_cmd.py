@@ -33,6 +33,12 @@ TRAIN_HELP = {
               "(best validation accuracy); default: best with --early-stop, else last",
     "checkpoint_every": "also write checkpoints/last.safetensors every N optimiser updates, so a killed "
                         "run resumes mid-epoch (0 = at epoch ends only)",
+    "time_budget": "seconds of training the picked epochs must fit, from the speed measured on the first "
+                   "steps (only when --epochs is not given); default: 60 for sets under 5,000 images, else no "
+                   "limit; 0: no limit",
+    "plateau_stop": "stop when the validation loss has not fallen for N epochs; the best validation epoch's "
+                    "model is then the result; default: max(20, 30%% of the epochs) for runs of 40 epochs or "
+                    "more, else off; 0: off",
     "skip_nonfinite": "skip the update of a step whose loss (or clipped gradient norm) is NaN/inf, "
                       "counted in the metrics, instead of stopping the run",
     "precision": "auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16",

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+
+import torch
+import torch.nn.functional as F
 
 from vitkit.data.augment import default_augment
 from vitkit.data.dataset import DataSplits
@@ -104,6 +108,47 @@ def _meta_model(cfg: ModelConfig):
         return VisionTransformer(cfg)
 
 
+# A round trip through images f times smaller that loses less than this share of their variance
+# says they hold no more detail than that smaller size: they were upscaled (or are that smooth).
+# Measured (docs/training.md): the digits upscaled 2x, 4x and 8x lose at most 1.6%, 2.0% and 2.1%
+# there (nearest, bilinear, bicubic, Lanczos); images with detail at their own size lose 6-30%
+# at f = 2 (the digits at 8x8, the LFW faces at 25x25, whole scenes at 32x32), crops of large
+# photos 1.2% at f = 2 and 3.1% at f = 4.
+DETAIL_LOSS_LIMIT = 0.025
+DETAIL_SAMPLE = 256
+
+
+def detail_loss(images: torch.Tensor, factor: int) -> float:
+    """The share of the variance of uint8 images (N, C, H, W) lost when they are shrunk `factor`
+    times (area average) and brought back (the best of nearest, bilinear and bicubic)."""
+    x = images.float() / 255
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(max(1, h // factor), max(1, w // factor)), mode="area")
+    variance = float(x.var()) or 1.0
+    lost = []
+    for mode in ("nearest", "bilinear", "bicubic"):
+        back = F.interpolate(small, size=(h, w), mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+        lost.append(float(((x - back.clamp(0, 1)) ** 2).mean()) / variance)
+    return min(lost)
+
+
+def detail_size(images: torch.Tensor, size: tuple[int, int]) -> tuple[tuple[int, int], float]:
+    """The smallest size (H / f, W / f), f = 1..8 dividing both sides, at least 8 pixels a side,
+    that keeps the training images' detail (`detail_loss` under DETAIL_LOSS_LIMIT, on an even
+    sample of up to 256 of them), and the share of variance lost there."""
+    sample = images[torch.linspace(0, images.shape[0] - 1, min(DETAIL_SAMPLE, images.shape[0])).long()]
+    best, lost = size, 0.0
+    for factor in range(2, 9):
+        if min(size) // factor < 8:
+            break
+        if size[0] % factor or size[1] % factor:
+            continue
+        loss = detail_loss(sample, factor)
+        if loss < DETAIL_LOSS_LIMIT:
+            best, lost = (size[0] // factor, size[1] // factor), loss
+    return best, lost
+
+
 def resolve_model(cfg: TrainConfig, data: DataSplits | ShardedSplits, notes: list[str]) -> ModelConfig:
     options = dict(cfg.model_options)
     # A pre-trained encoder has no classifier: its head comes with fine-tuning.
@@ -112,7 +157,16 @@ def resolve_model(cfg: TrainConfig, data: DataSplits | ShardedSplits, notes: lis
         if key in options and int(options[key]) != have:
             raise ConfigError(f"--{key.replace('_', '-')} {options[key]} does not match the data, which has "
                               f"{have}; leave it out and vitkit takes it from the data")
-    image_size = options.pop("image_size", None) or cfg.image_size or model_input_size(data.image_size)
+    image_size = options.pop("image_size", None) or cfg.image_size
+    detail = tuple(data.image_size)
+    if image_size is None:
+        if isinstance(data, DataSplits) and len(data.train):
+            detail, lost = detail_size(data.train.images, detail)
+            if detail != tuple(data.image_size):
+                notes.append(f"images: {data.image_size[0]}x{data.image_size[1]} with the detail of {detail[0]}x"
+                             f"{detail[1]} (shrinking them there and back loses {100 * lost:.1f}% of their "
+                             "variance: upscaled, or that smooth); sized from that")
+        image_size = model_input_size(detail)
     side = max(as_pair(image_size))
     base = dict(image_size=image_size, in_chans=data.channels, num_classes=classes,
                 class_names=() if cfg.pretraining else tuple(data.class_names))
@@ -154,6 +208,64 @@ def distillation_defaults(cfg: TrainConfig, notes: list[str], init: ModelConfig 
         notes.append("distillation: the student gets a distillation token (distill_token=True)")
         changes["model_options"] = {**cfg.model_options, "distill_token": True}
     return cfg.replace(**changes) if changes else cfg
+
+
+# The time a default run on a small set should take on a 2-core laptop CPU: about a minute.
+SMALL_SET_BUDGET_S = 60.0
+# A plan that overshoots the budget by less than this is kept as it is.
+BUDGET_SLACK = 1.25
+MIN_EPOCHS = 5
+
+
+def time_budget(cfg: TrainConfig, num_train: int) -> float:
+    """Seconds the picked epochs must fit (0: no limit)."""
+    if cfg.time_budget is not None:
+        return cfg.time_budget
+    return SMALL_SET_BUDGET_S if num_train < 5_000 else 0.0
+
+
+def fit_epochs(planned: int, epoch_seconds: float, budget: float) -> tuple[int, str]:
+    """The epochs to train of `planned`, at `epoch_seconds` each as measured, within `budget`
+    seconds, and the note that says so."""
+    need = planned * epoch_seconds
+    if not budget or need <= budget * BUDGET_SLACK:
+        limit = f" of the {budget:.0f} s budget" if budget else ""
+        return planned, (f"time: {planned} epochs, about {_duration(need)}{limit} at {epoch_seconds:.2g} s an "
+                         "epoch measured on this machine")
+    epochs = max(MIN_EPOCHS, min(planned, int(budget // epoch_seconds)))
+    return epochs, (f"time: {planned} epochs would take about {_duration(need)} at {epoch_seconds:.2g} s an epoch "
+                    f"measured on this machine; {epochs} fit the {budget:.0f} s budget (about "
+                    f"{_duration(epochs * epoch_seconds)}; --time-budget SECONDS for another, --epochs N to choose)")
+
+
+def busy_note() -> str | None:
+    """A word when other work loads the CPUs, which slows this run and so shortens its picks."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load <= cpus:
+        return None
+    return (f"the machine is busy (load average {load:.1f} on {cpus} CPU{'s' * (cpus > 1)}): the speed measured, "
+            "and the epochs that fit the budget, are lower than on an idle machine")
+
+
+def plateau_patience(cfg: TrainConfig, epochs: int) -> int:
+    """Epochs without a lower validation loss after which a run stops (0: never). Picked: long
+    enough that the digits' runs (validation loss still falling in their last fifth; its
+    longest stretch without a new low was 22 of 100 epochs) never stop early."""
+    if cfg.plateau_stop is not None:
+        return cfg.plateau_stop
+    return max(20, math.ceil(0.3 * epochs)) if epochs >= 40 else 0
+
+
+def default_warmup(epochs: int, finetune: bool) -> float:
+    return 0.5 if finetune else min(5.0, max(1.0, round(epochs * 0.025)))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def describe_augment(aug: dict) -> str:
@@ -230,7 +342,7 @@ def resolve(cfg: TrainConfig, data: DataSplits | ShardedSplits, init: ModelConfi
         changes["weight_decay"] = 0.0 if optimizer == "sgd" else (0.1 if tiny else 0.05)
     if cfg.warmup_epochs is None:
         epochs = changes.get("epochs", cfg.epochs or 1)
-        changes["warmup_epochs"] = 0.5 if finetune else min(5.0, max(1.0, round(epochs * 0.025)))
+        changes["warmup_epochs"] = default_warmup(epochs, finetune)
     if cfg.label_smoothing is None:
         changes["label_smoothing"] = 0.0 if finetune or cfg.pretraining else 0.1
     if cfg.grad_clip is None:

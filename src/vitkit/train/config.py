@@ -105,6 +105,14 @@ class TrainConfig:
     checkpoint_every: int = 0
     # Skip an update whose loss (or clipped gradient norm) is NaN/inf instead of stopping.
     skip_nonfinite: bool = False
+    # Seconds of training the picked epochs must fit, from the speed measured on the run's
+    # first steps (only when epochs are picked). None: 60 for sets under 5,000 images, no limit
+    # for larger ones; 0: no limit (train/auto.py).
+    time_budget: float | None = None
+    # Stop when the validation loss has not fallen for this many epochs (the best validation
+    # epoch's model is then the result). None: max(20, 30% of the epochs) for runs of 40 epochs
+    # or more, off for shorter ones; 0: off.
+    plateau_stop: int | None = None
 
     augment: dict[str, Any] = field(default_factory=dict)
 
@@ -176,7 +184,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
-        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop", "checkpoint_every", "workers")
+        nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop", "checkpoint_every", "workers",
+                  "time_budget", "plateau_stop")
         for name in nonneg:
             value = getattr(self, name)
             if value is not None and value < 0:

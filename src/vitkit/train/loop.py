@@ -16,6 +16,7 @@ to skip it.)
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -36,7 +37,7 @@ from vitkit.models.vit import VisionTransformer
 from vitkit.objectives import build_objective
 from vitkit.objectives.base import Draws
 from vitkit.progress import Progress
-from vitkit.train.auto import resolve
+from vitkit.train.auto import busy_note, default_warmup, fit_epochs, plateau_patience, resolve, time_budget
 from vitkit.train.batches import RunBatches, read_splits
 from vitkit.train.checkpoints import Checkpoints
 from vitkit.train.config import TrainConfig
@@ -53,10 +54,11 @@ def new_progress() -> dict:
     """A run's progress as checkpoints store it. `epoch`: epochs done; `step`: steps done in
     the next epoch (0 except in a mid-epoch checkpoint, which also has `epoch_sums`, that
     epoch's running sums); `update`: optimiser updates done; `best`: the best value so far of
-    the objective's monitored validation number (None before the first epoch)."""
+    the objective's monitored validation number (None before the first epoch); `lowest_val_loss`
+    and its epoch, for stopping on a plateau."""
     return {"epoch": 0, "step": 0, "update": 0, "best": None, "best_epoch": -1,
-            "bad_epochs": 0, "train_seconds": 0.0, "skipped_updates": 0, "skipped_in_a_row": 0,
-            "epoch_sums": None, "history": []}
+            "bad_epochs": 0, "lowest_val_loss": None, "lowest_val_loss_epoch": 0, "train_seconds": 0.0,
+            "skipped_updates": 0, "skipped_in_a_row": 0, "epoch_sums": None, "history": []}
 
 
 class Trainer:
@@ -96,6 +98,7 @@ class Trainer:
                               f"({', '.join(map(printable, self.data.class_names)) or 'none'}); a classifier needs "
                               "at least two: add a folder of images per class (or pre-train without labels "
                               "with `vitkit pretrain`)")
+        picked_epochs, picked_warmup = cfg.epochs is None, cfg.warmup_epochs is None
         # The --init checkpoint, read once: its config decides the model, its weights start it.
         init = load_checkpoint(cfg.init) if cfg.init else None
         self.cfg, model_cfg, notes = resolve(cfg, self.data, init.config if init is not None else None)
@@ -126,6 +129,10 @@ class Trainer:
 
         self.batches = RunBatches(self.data, self.streaming, self.device, self.dist, self.cfg.batch_size,
                                   self.cfg.seed, self.cfg.workers, self.cfg.shuffle_buffer)
+        if picked_epochs and not resume:
+            self._fit_time_budget(picked_warmup)
+        if self.cfg.plateau_stop is None:
+            self.cfg = self.cfg.replace(plateau_stop=plateau_patience(self.cfg, self.cfg.epochs))
         self.train_count = self.batches.train_count
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / self.cfg.accum_steps)
@@ -140,6 +147,56 @@ class Trainer:
             self._restore()
         else:
             self.dist.on_rank0(self._write_config)
+
+    def _fit_time_budget(self, picked_warmup: bool) -> None:
+        """Fewer epochs than picked when they would overrun the time budget at the speed measured
+        here on the run's first batch (auto.fit_epochs); one process only (a distributed run is
+        sized by its launcher)."""
+        budget = time_budget(self.cfg, len(self.data.train))
+        if self.dist.active or budget == 0:
+            return
+        if not self.streaming:
+            self.hold_train_images()
+        epochs, note = fit_epochs(self.cfg.epochs, self._epoch_seconds(), budget)
+        self.say(f"auto: {note}")
+        busy = busy_note()
+        if busy:
+            self.say(f"auto: {busy}")
+        if epochs != self.cfg.epochs:
+            changes = {"epochs": epochs}
+            if picked_warmup:
+                changes["warmup_epochs"] = default_warmup(epochs, self.cfg.recipe == "finetune")
+            self.cfg = self.cfg.replace(**changes)
+
+    def _epoch_seconds(self) -> float:
+        """Seconds an epoch will take: training steps (forward, backward, optimiser step) of a
+        copy of the model and objective timed on the first batch, plus validation at a third of
+        a training step's cost per image. The run's own weights and random streams are left as
+        they were."""
+        first = self.epoch_batches(0)
+        images, labels = next(first)
+        first.close()
+        step = copy.deepcopy(self.step_module)
+        own = step.objective if any(True for _ in step.objective.parameters()) else None
+        optimizer = build_optimizer(step.model, self.cfg.optimizer, self.cfg.lr, self.cfg.weight_decay,
+                                    self.cfg.momentum, self.cfg.betas, extra=own, layer_decay=self.cfg.layer_decay)
+        cuda = [self.device] if self.device.type == "cuda" else []
+        times = []
+        with torch.random.fork_rng(devices=cuda):
+            for i in range(5):
+                start = time.perf_counter()
+                pixels, targets = self._input(images, labels)
+                out = step(pixels, targets if self.objective.uses_labels else None,
+                           Draws(self.cfg.seed, (-3, i), range(labels.shape[0]), self.device))
+                out["loss"].backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if cuda:
+                    torch.cuda.synchronize(self.device)
+                times.append(time.perf_counter() - start)
+        step_seconds = sorted(times[2:])[1]  # the median after two warm-up steps
+        validation = len(self.data.val) / max(labels.shape[0], 1) * step_seconds / 3
+        return self.batches.steps_per_epoch * step_seconds + validation
 
     def _write_config(self) -> None:
         with self.checkpoints.saving(self.run_dir.path / "config.yaml"):
@@ -195,6 +252,10 @@ class Trainer:
             restore_rng(*state["rng"])
         if self.ema is not None:
             self.dist.broadcast_(self.ema.shadow.values())
+        if "lowest_val_loss" not in progress:  # a checkpoint from before plateau stops: from its history
+            losses = [(h["val_loss"], h["epoch"]) for h in progress["history"] if "val_loss" in h]
+            progress = {**progress, **dict(zip(("lowest_val_loss", "lowest_val_loss_epoch"),
+                                               min(losses, key=lambda item: item[0]) if losses else (None, 0)))}
         self.progress = {**new_progress(), **progress}
         self.dist.seed_rank(self.cfg.seed, update=self.progress["update"])
         self.checkpoints.saved_at = self._position()
@@ -206,7 +267,13 @@ class Trainer:
 
     def _finished(self) -> bool:
         p = self.progress
-        return p["epoch"] >= self.cfg.epochs or p["bad_epochs"] >= self.cfg.early_stop > 0
+        return p["epoch"] >= self.cfg.epochs or p["bad_epochs"] >= self.cfg.early_stop > 0 or self._on_plateau()
+
+    def _on_plateau(self) -> bool:
+        """Whether the validation loss has not fallen for --plateau-stop epochs (before the last)."""
+        p = self.progress
+        patience = self.cfg.plateau_stop or 0
+        return 0 < patience <= p["epoch"] - p["lowest_val_loss_epoch"] and p["epoch"] < self.cfg.epochs
 
     def _position(self) -> str:
         """Where the training stands, in words: "epoch 2 step 5/21" or "the end of epoch 1"."""
@@ -450,6 +517,12 @@ class Trainer:
             for epoch in range(p["epoch"], self.cfg.epochs):
                 if p["bad_epochs"] >= self.cfg.early_stop > 0:
                     break
+                if self._on_plateau():
+                    self.say(f"stopping after epoch {epoch} of {self.cfg.epochs}: the validation loss last fell at "
+                             f"epoch {p['lowest_val_loss_epoch']} ({epoch - p['lowest_val_loss_epoch']} epochs ago); "
+                             f"the result is the best validation epoch's model (epoch {p['best_epoch']}); "
+                             "--plateau-stop 0 trains every epoch")
+                    break
                 self.clock = time.perf_counter()
                 stats = self.train_epoch(epoch, bar)
                 self._raise_if_diverged()
@@ -471,6 +544,8 @@ class Trainer:
         p = self.progress
         p["epoch"] = epoch + 1
         p["history"].append(stats)
+        if p["lowest_val_loss"] is None or stats["val_loss"] < p["lowest_val_loss"]:
+            p["lowest_val_loss"], p["lowest_val_loss_epoch"] = stats["val_loss"], epoch + 1
         value = stats[self.objective.monitor]
         best = p["best"]
         improved = best is None or (value > best if self.objective.higher_is_better else value < best)
@@ -509,11 +584,16 @@ class Trainer:
         objective_state = self.dist.full_state(self.step_module)
         return self.dist.on_rank0(lambda: self._summarize_pretraining(test, objective_state))
 
+    def _select(self) -> str:
+        """The run's result: as --select says, and the best epoch's when the run stopped early on a
+        plateau (the last model is then one the schedule had not finished with)."""
+        return "best" if self._on_plateau() else self.cfg.select
+
     def _common_summary(self, chosen) -> dict:
         history = self.progress["history"]
         summary = {
             "objective": self.cfg.objective,
-            "select": self.cfg.select,
+            "select": self._select(),
             "best_epoch": self.progress["best_epoch"],
             "epochs": self.progress["epoch"],
             "train_seconds": round(self.progress["train_seconds"], 3),
@@ -527,13 +607,16 @@ class Trainer:
             "final_train_loss": history[-1]["train_loss"] if history else None,
             "skipped_updates": self.progress["skipped_updates"],
         }
+        if self._on_plateau():
+            summary["stopped_on_plateau"] = {"epoch": self.progress["epoch"],
+                                             "lowest_val_loss_epoch": self.progress["lowest_val_loss_epoch"]}
         if self.dist.active:
             summary["processes"] = self.dist.world_size
         return summary
 
     def _test_classifier(self) -> dict:
         history = self.progress["history"]
-        if self.cfg.select == "best":
+        if self._select() == "best":
             chosen, val_acc = self.run_dir.best_checkpoint, self.progress["best"]
         else:
             chosen, val_acc = self.run_dir.final_checkpoint, history[-1]["val_acc"] if history else None
@@ -549,7 +632,7 @@ class Trainer:
         """Pre-training ends with the headless encoder as final.safetensors (what `vitkit train
         --init` fine-tunes) and the objective's own parameters beside it."""
         history = self.progress["history"]
-        chosen = self.run_dir.best_checkpoint if self.cfg.select == "best" else self.run_dir.final_checkpoint
+        chosen = self.run_dir.best_checkpoint if self._select() == "best" else self.run_dir.final_checkpoint
         objective_file = self.run_dir.path / "checkpoints" / "objective.safetensors"
         with self.checkpoints.saving(objective_file):
             from vitkit.io import write_safetensors
@@ -560,7 +643,7 @@ class Trainer:
                    **self._common_summary(chosen)}
         # The test split measures the final state (the encoder with the objective's parameters);
         # with --select best the chosen encoder's own objective parameters are not kept.
-        if self.cfg.select == "last":
+        if self._select() == "last":
             summary["test_loss"], summary["test_n"] = test["loss"], test["n"]
             if "acc" in test:
                 summary[f"test_{self.objective.accuracy}"] = test["acc"]

@@ -160,8 +160,13 @@ def _state_problem(state) -> str | None:
     for key, kinds in _PROGRESS.items():
         if not _is(progress.get(key), kinds):
             return f"progress has no valid {key!r}"
-    if "best" not in progress or not (progress["best"] is None or _is(progress["best"], (int, float))):
+    for key in ("best", "lowest_val_loss"):  # the second written since plateau stops; None before epoch 1
+        if key in progress and not (progress[key] is None or _is(progress[key], (int, float))):
+            return f"progress has no valid {key!r}"
+    if "best" not in progress:
         return "progress has no valid 'best'"
+    if "lowest_val_loss_epoch" in progress and not _is(progress["lowest_val_loss_epoch"], int):
+        return "progress has no valid 'lowest_val_loss_epoch'"
     for key in _PROGRESS_COUNTS:
         if key in progress and not (_is(progress[key], int) and progress[key] >= 0):
             return f"progress has no valid {key!r}"
