@@ -72,7 +72,7 @@ def init_model_config(cfg: TrainConfig, data: DataSplits | ShardedSplits, init: 
                           f"{', '.join('--' + k.replace('_', '-') for k in INIT_OVERRIDES)} apply")
     size = as_pair(options.pop("image_size", None) or cfg.image_size or init.image_size)
     model = init.replace(image_size=size, num_classes=classes, class_names=() if cfg.pretraining
-                         else tuple(data.class_names), **options)
+                         else tuple(data.class_names), interpolation=None, crop_pct=None, crop_mode=None, **options)
     params = sum(p.numel() for p in _meta_model(model).parameters())
     h, w = size
     notes.append(f"model: the --init checkpoint {cfg.init}: width {model.width}, depth {model.depth}, "

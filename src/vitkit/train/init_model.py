@@ -22,7 +22,10 @@ def model_from_init(source: VisionTransformer, model_cfg: ModelConfig) -> Vision
     model.load_state_dict(source.state_dict())
     model = resize_image_size(model, model_cfg.image_size)
     model.reset_head(model_cfg.num_classes)
-    model.config = model.config.replace(class_names=model_cfg.class_names)
+    # A run resizes its images itself (no crop): the release's own resize and crop, kept for
+    # predicting with the release, would not be what the fine-tuned model was trained on.
+    model.config = model.config.replace(class_names=model_cfg.class_names, interpolation=None, crop_pct=None,
+                                        crop_mode=None)
     return model
 
 
