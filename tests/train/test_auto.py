@@ -50,3 +50,16 @@ def test_muon_only_for_tiny_sets_and_never_under_fsdp():
     assert resolve(TrainConfig(fsdp=True), fake_splits(1_000))[0].optimizer == "adamw"
     assert resolve(TrainConfig(recipe="finetune"), fake_splits(1_000))[0].optimizer == "sgd"
     assert resolve(TrainConfig(optimizer="adamw"), fake_splits(1_000))[0].optimizer == "adamw"
+
+
+def test_the_picked_model_builds_for_images_of_any_size_down_to_one_pixel():
+    from vitkit.models.vit import VisionTransformer
+
+    sizes = [(h, w) for h in (1, 2, 3, 5, 7, 9, 12, 15, 16, 17, 23, 31, 33, 47, 65, 130) for w in (1, 9, 12, 16, 33)]
+    for h, w in sizes:
+        data = fake_splits(100, side=1, channels=1)
+        for part in (data.train, data.val, data.test):
+            part.images = torch.zeros(len(part), 1, h, w, dtype=torch.uint8)
+        _, model_cfg, _ = resolve(TrainConfig(), data)
+        model = VisionTransformer(model_cfg)  # ModelConfig refuses a size its patches do not tile
+        assert model(torch.zeros(1, 1, *model_cfg.image_size)).shape == (1, 10), (h, w)

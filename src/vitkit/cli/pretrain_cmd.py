@@ -39,7 +39,7 @@ def print_summary(summary: dict) -> None:
     loss = f"final train loss {summary['final_train_loss']:.4f}"
     if summary.get("val_loss") is not None:
         loss += f", validation loss {summary['val_loss']:.4f}"
-    if "test_loss" in summary:
+    if summary.get("test_loss") is not None:
         loss += f", test loss {summary['test_loss']:.4f}"
     print(f"{summary['objective']} pre-training: {loss}; {summary['train_seconds']:.1f} s training")
     print(f"pre-trained model: {summary['checkpoint']}  (fine-tune it with `vitkit train --init "
@@ -53,10 +53,10 @@ def run(args) -> int:
         fixed["objective"] = objective or "mpp"
     if objective is not None and objective not in PRETRAIN_OBJECTIVES:
         raise ConfigError(f"--objective must be one of {', '.join(PRETRAIN_OBJECTIVES)}, not {objective!r}")
-    cfg, resume = run_config(args, "pretrain", **fixed)
+    cfg, resume, moved_data = run_config(args, "pretrain", **fixed)
     if args.config and not cfg.pretraining:
         raise ConfigError(f"{args.config} is a supervised training config; run it with `vitkit train --config`")
-    summary = train(cfg, resume=resume, quiet=args.quiet)
+    summary = train(cfg, resume=resume, quiet=args.quiet, moved_data=moved_data)
     if not is_main_process():
         return 0
     if args.json:

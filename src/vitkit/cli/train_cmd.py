@@ -107,24 +107,25 @@ def build_config(args, **fixed) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
-def run_config(args, command: str, **fixed) -> tuple[TrainConfig, bool]:
-    """(config, resume): with --resume only the run folder and the launch's own choices (device,
-    FSDP) may be given; the rest comes from the run's saved config.yaml."""
+def run_config(args, command: str, **fixed) -> tuple[TrainConfig, bool, str | None]:
+    """(config, resume, where the data moved): with --resume only the run folder, the launch's
+    own choices (device, FSDP) and the data's new place (--data, if it moved) may be given; the
+    rest comes from the run's saved config.yaml."""
     if not args.resume:
-        return build_config(args, **fixed), False
+        return build_config(args, **fixed), False, None
     given = set(collect(args, "train_")) | set(collect(args, "model_")) | set(collect(args, "aug_"))
     given |= {"data" if name == "source" else name for name in collect(args, "data_")}
-    extra = sorted(given - set(RESUME_FLAGS))
+    extra = sorted(given - set(RESUME_FLAGS) - {"data"})
     if extra or args.config:
         raise ConfigError(f"`vitkit {command} --resume` continues the run with its saved config.yaml; drop "
                           + ", ".join("--" + e.replace("_", "-") for e in extra or ["config"]))
     launch = {k: v for k, v in collect(args, "train_").items() if k in RESUME_FLAGS}
-    return TrainConfig(**launch), True
+    return TrainConfig(**launch), True, getattr(args, "data_source", None)
 
 
 def run(args) -> int:
-    cfg, resume = run_config(args, "train")
-    summary = train(cfg, resume=resume, quiet=args.quiet)
+    cfg, resume, moved_data = run_config(args, "train")
+    summary = train(cfg, resume=resume, quiet=args.quiet, moved_data=moved_data)
     if not is_main_process():
         return 0
     if args.json:
@@ -136,9 +137,10 @@ def run(args) -> int:
     else:
         n = summary["test_n"]
         which = ("last" if summary["select"] == "last" else "best-validation") + " model"
-        print(f"test accuracy {summary['test_acc']:.4f} ({round(summary['test_acc'] * n)}/{n}) of the "
-              f"{which}, top-5 {summary['test_top5']:.4f}; best validation {summary['best_val_acc']:.4f} "
-              f"at epoch {summary['best_epoch']}/{summary['epochs']}; {summary['train_seconds']:.1f} s training")
+        tested = (f"test accuracy {summary['test_acc']:.4f} ({round(summary['test_acc'] * n)}/{n}) of the {which}, "
+                  f"top-5 {summary['test_top5']:.4f}" if n else f"no test split to test the {which} on")
+        print(f"{tested}; best validation {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}/"
+              f"{summary['epochs']}; {summary['train_seconds']:.1f} s training")
         print(f"run folder: {summary['checkpoint'].rsplit('/checkpoints/', 1)[0]}  "
               f"(model: {summary['checkpoint']})")
     return 0

@@ -5,8 +5,10 @@ dataset shares (`vitkit train`, `pretrain`, `eval`, `shard`, `fewshot`, `probe`,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vitkit.errors import ConfigError
@@ -74,3 +76,56 @@ class DataSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def absolute(spec: DataSpec) -> DataSpec:
+    """The spec with a path source made absolute (the bundled "digits" stays as it is), so a run's
+    config.yaml names its data wherever the run is resumed from."""
+    if spec.source == "digits":
+        return spec
+    return spec.replace(source=str(Path(spec.source).expanduser().resolve()))
+
+
+def fingerprint(spec: DataSpec) -> dict[str, Any]:
+    """What identifies a dataset's content cheaply: for an image folder its image files' paths
+    (relative to it) and sizes, for a CIFAR folder its batch files' names and sizes, for an
+    .npz file its bytes, for a shard folder its dataset.json. {"kind", "files", "sha256"}; a
+    source that is gone is {"kind": "missing"}."""
+    from vitkit.data import cifar
+    from vitkit.data.folders import find_split_files
+    from vitkit.data.shards import INDEX_NAME, is_shard_folder
+
+    if spec.source == "digits":
+        return {"kind": "digits", "files": 1, "sha256": _digest([b"vitkit bundled digits"])}
+    path = Path(spec.source).expanduser()
+    if not path.exists():
+        return {"kind": "missing", "files": 0, "sha256": ""}
+    if path.is_file():
+        return {"kind": "file", "files": 1, "sha256": _file_digest(path)}
+    if is_shard_folder(path):
+        return {"kind": "shards", "files": 1, "sha256": _file_digest(path / INDEX_NAME)}
+    cifar_folder = cifar.find_cifar_folder(path)
+    if cifar_folder is not None:
+        files = sorted(p for p in cifar_folder.iterdir() if p.is_file())
+        return {"kind": "cifar", "files": len(files),
+                "sha256": _digest(f"{p.name}\0{p.stat().st_size}".encode() for p in files)}
+    files = sorted(file for split in find_split_files(path).values() for paths in split.values() for file in paths)
+    return {"kind": "folder", "files": len(files),
+            "sha256": _digest(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}".encode("utf-8", "surrogateescape")
+                              for file in files)}
+
+
+def _digest(parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

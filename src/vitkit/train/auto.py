@@ -47,9 +47,10 @@ def model_input_size(data_size: tuple[int, int]) -> tuple[int, int]:
     side = max(data_size)
     if side > 224:
         return (224, 224)
+    patch = pick_patch_size(2 * side if side <= 16 else side)
     if side <= 16:
-        return tuple(2 * s for s in data_size)
-    patch = pick_patch_size(side)
+        # Doubled, then up to whole patches (a 7x7 image -> 16x16, a 1x1 one -> one 4x4 patch).
+        return tuple(-(-2 * s // patch) * patch for s in data_size)
     return tuple(max(patch, s // patch * patch) for s in data_size)
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from vitkit.data.augment import AugmentConfig
 from vitkit.data.spec import SPLIT_FIELDS, DataSpec
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, ConfigValueError
 from vitkit.fields import check_fields
 from vitkit.models.config import ModelConfig
 
@@ -166,7 +166,7 @@ class TrainConfig:
         def choice(name, options):
             value = getattr(self, name)
             if value is not None and value not in options:
-                raise ConfigError(f"{name}={value!r} is not one of {', '.join(options)}")
+                raise ConfigValueError(f"{name}={value!r} is not one of {', '.join(options)}")
 
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
@@ -183,49 +183,49 @@ class TrainConfig:
         for name in positive:
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value}")
+                raise ConfigValueError(f"{name} must be a positive integer, got {value}")
         nonneg = ("lr", "weight_decay", "warmup_epochs", "grad_clip", "early_stop", "checkpoint_every", "workers",
                   "time_budget", "plateau_stop")
         for name in nonneg:
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
+                raise ConfigValueError(f"{name} must be >= 0, got {value}")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
-            raise ConfigError(f"layer_decay must be in (0, 1] (1 turns it off), got {self.layer_decay}")
+            raise ConfigValueError(f"layer_decay must be in (0, 1] (1 turns it off), got {self.layer_decay}")
         if self.lr == 0:
-            raise ConfigError("lr must be positive")
+            raise ConfigValueError("lr must be positive")
         if self.optimizer == "muon" and self.fsdp:
-            raise ConfigError("--optimizer muon orthogonalises whole weight matrices, which --fsdp splits "
+            raise ConfigValueError("--optimizer muon orthogonalises whole weight matrices, which --fsdp splits "
                               "across processes; leave out --fsdp (DDP keeps them whole) or use --optimizer adamw")
         if not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"ema must be in [0, 1) (0 turns it off), got {self.ema}")
+            raise ConfigValueError(f"ema must be in [0, 1) (0 turns it off), got {self.ema}")
         if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ConfigValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         for name in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self.data, name) < 0.5:
-                raise ConfigError(f"{name} must be in [0, 0.5), got {getattr(self.data, name)}")
+                raise ConfigValueError(f"{name} must be in [0, 0.5), got {getattr(self.data, name)}")
         if (self.distill != "none") != bool(self.teacher):
-            raise ConfigError("distillation needs both --teacher CKPT and --distill soft|hard")
+            raise ConfigValueError("distillation needs both --teacher CKPT and --distill soft|hard")
         if self.distill_alpha is not None and not 0.0 <= self.distill_alpha <= 1.0:
-            raise ConfigError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+            raise ConfigValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if self.distill_tau is not None and self.distill_tau <= 0:
-            raise ConfigError(f"distill_tau must be positive, got {self.distill_tau}")
+            raise ConfigValueError(f"distill_tau must be positive, got {self.distill_tau}")
         if self.adv_eps < 0 or self.adv_steps < 1 or (self.adv_step_size is not None and self.adv_step_size <= 0):
-            raise ConfigError("adversarial training needs adv_eps >= 0, adv_steps >= 1 and a positive "
+            raise ConfigValueError("adversarial training needs adv_eps >= 0, adv_steps >= 1 and a positive "
                               "adv_step_size")
         if not 0.0 <= self.adv_ratio <= 1.0:
-            raise ConfigError(f"adv_ratio (the adversarial share of the loss) must be in [0, 1], got {self.adv_ratio}")
+            raise ConfigValueError(f"adv_ratio (the adversarial share of the loss) must be in [0, 1], got {self.adv_ratio}")
         if not 0.0 < self.train_fraction <= 1.0:
-            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+            raise ConfigValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.freeze == "backbone" and not self.init:
-            raise ConfigError("--freeze backbone needs --init CKPT (a trained backbone to keep)")
+            raise ConfigValueError("--freeze backbone needs --init CKPT (a trained backbone to keep)")
         if not 0.0 < self.mask_ratio < 1.0:
-            raise ConfigError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+            raise ConfigValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.objective != "supervised":
             used = [flag for flag, on in (("--teacher", bool(self.teacher)), ("--adversarial", self.adversarial != "none"),
                                           ("--freeze backbone", self.freeze != "none")) if on]
             if used:
-                raise ConfigError(f"{' and '.join(used)} train(s) a classifier on labels; the {self.objective} "
+                raise ConfigValueError(f"{' and '.join(used)} train(s) a classifier on labels; the {self.objective} "
                                   "objective pre-trains without them: leave it out here and use it when "
                                   "fine-tuning with `vitkit train --init`")
 

@@ -17,6 +17,7 @@ to skip it.)
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import sys
@@ -29,9 +30,11 @@ from tqdm import tqdm
 
 from vitkit.data.augment import AugmentConfig, Augmenter
 from vitkit.data.shards import is_shard_folder
+from vitkit.data.spec import absolute, fingerprint
 from vitkit.device import pick_device, pick_precision, seed_everything
 from vitkit.errors import ConfigError, StoppedBySignal, TrainingDiverged, printable
 from vitkit.formats import load as load_checkpoint
+from vitkit.formats.native import read_header
 from vitkit.models import count_parameters
 from vitkit.models.vit import VisionTransformer
 from vitkit.objectives import build_objective
@@ -64,7 +67,8 @@ def new_progress() -> dict:
 class Trainer:
     """One training run. `Trainer(cfg).run()` returns the summary dict."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, quiet: bool = False):
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
+                 moved_data: str | None = None):
         # Under torchrun every rank builds a Trainer; only rank 0 prints and writes files.
         self.dist = Distributed.from_environment()
         self.quiet = quiet or not self.dist.is_main
@@ -77,10 +81,27 @@ class Trainer:
             # The checkpoint is unsharded and on the CPU, so whether to shard and (when given)
             # the device are the resuming launch's choice.
             saved = run_dir.read_config()
+            if moved_data is not None:
+                saved = saved.replace(data=absolute(saved.data.replace(source=moved_data)))
+            try:
+                check_same_data(run_dir, saved, moved_data is not None)
+            except BaseException:
+                run_dir.unlock()
+                raise
             return run_dir, saved.replace(fsdp=cfg.fsdp,
                                           device=saved.device if cfg.device == "auto" else cfg.device)
 
         self.run_dir, cfg = self.dist.on_rank0(open_run)
+        try:
+            self._build(cfg, resume)
+        except BaseException:
+            self.run_dir.unlock()  # the folder is free again for the run that fixes what failed
+            raise
+
+    def _build(self, cfg: TrainConfig, resume: bool) -> None:
+        if not resume:
+            # Recorded where it is, whatever the working folder of a resume will be.
+            cfg = cfg.replace(data=absolute(cfg.data))
         self.device = self.dist.device(cfg.device) if self.dist.active else pick_device(cfg.device)
         # A shard folder streams: its images stay on disk and are decoded batch by batch.
         self.streaming = is_shard_folder(cfg.data.source)
@@ -139,6 +160,10 @@ class Trainer:
         self.total_updates = self.updates_per_epoch * self.cfg.epochs
         self.warmup_updates = round(self.cfg.warmup_epochs * self.updates_per_epoch)
         self.progress = new_progress()
+        self.progress["threads"] = torch.get_num_threads()
+        if not resume:
+            # What the data was, to refuse a resume onto other data (train/state.py keeps it).
+            self.progress["data"] = self.dist.on_rank0(lambda: fingerprint(self.cfg.data))
         self.signals = StopSignals(self.dist)
         self.nonfinite = NonFiniteWatch(self.dist, self.device, self.cfg.skip_nonfinite)
         command = "pretrain" if self.cfg.pretraining else "train"
@@ -256,7 +281,11 @@ class Trainer:
             losses = [(h["val_loss"], h["epoch"]) for h in progress["history"] if "val_loss" in h]
             progress = {**progress, **dict(zip(("lowest_val_loss", "lowest_val_loss_epoch"),
                                                min(losses, key=lambda item: item[0]) if losses else (None, 0)))}
-        self.progress = {**new_progress(), **progress}
+        threads = torch.get_num_threads()
+        if progress.get("threads", threads) != threads:
+            self.say(f"note: this run trained with {progress['threads']} threads and resumes with {threads}; it is "
+                     "bit-identical to an uninterrupted run only with the same number (set OMP_NUM_THREADS)")
+        self.progress = {**new_progress(), **progress, "threads": threads}
         self.dist.seed_rank(self.cfg.seed, update=self.progress["update"])
         self.checkpoints.saved_at = self._position()
         if self._finished():
@@ -505,6 +534,12 @@ class Trainer:
         return stats
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.run_dir.unlock()
+
+    def _run(self) -> dict:
         if not self.streaming:
             self.hold_train_images()
         p = self.progress
@@ -622,6 +657,11 @@ class Trainer:
             chosen, val_acc = self.run_dir.final_checkpoint, history[-1]["val_acc"] if history else None
         model = load_checkpoint(chosen).to(self.device)
         test = classifier_test(model, self.batches, self.cfg.eval_batch_size, self.precision)
+        if not test["n"]:
+            # No test split (too few images to carve one, or shards written without): no number.
+            test.update(top1=None, top5=None, confusion=None)
+            self.say("note: the data has no test split, so the run has no test accuracy; give more images or "
+                     "a larger --test-fraction, or evaluate with `vitkit eval` on other data")
         summary = {"test_acc": test["top1"], "test_top5": test["top5"], "test_n": test["n"],
                    "val_acc": val_acc, "best_val_acc": self.progress["best"], **self._common_summary(chosen)}
         with self.checkpoints.saving(self.run_dir.summary_file):
@@ -644,14 +684,42 @@ class Trainer:
         # The test split measures the final state (the encoder with the objective's parameters);
         # with --select best the chosen encoder's own objective parameters are not kept.
         if self._select() == "last":
-            summary["test_loss"], summary["test_n"] = test["loss"], test["n"]
+            summary["test_loss"], summary["test_n"] = (test["loss"] if test["n"] else None), test["n"]
             if "acc" in test:
-                summary[f"test_{self.objective.accuracy}"] = test["acc"]
+                summary[f"test_{self.objective.accuracy}"] = test["acc"] if test["n"] else None
         if self.objective.accuracy and history:
             summary[f"val_{self.objective.accuracy}"] = history[-1][f"val_{self.objective.accuracy}"]
         with self.checkpoints.saving(self.run_dir.summary_file):
             self.run_dir.write_summary(summary, history)
         return summary
+
+
+def check_same_data(run_dir: RunFolder, cfg: TrainConfig, moved: bool) -> None:
+    """Refuse to continue a run on other data than it trained on (another folder found at the
+    same path from another working folder, images added or deleted since, a folder that moved):
+    its split and step count would silently change. Read from the checkpoint's header alone,
+    before any data is loaded. A run killed before its first checkpoint, or one whose checkpoint
+    predates fingerprints, is not checked. `moved`: the data was given a new place (--data),
+    recorded in config.yaml once its fingerprint is found to be the run's."""
+    try:
+        progress = json.loads(read_header(run_dir.last_checkpoint)["train_state"])["progress"]
+        trained_on = progress.get("data")
+    except Exception:  # no checkpoint yet, or a damaged one, which reading it will name
+        return
+    if not isinstance(trained_on, dict):
+        return
+    source, now = cfg.data.source, fingerprint(cfg.data)
+    resume = f"vitkit {'pretrain' if cfg.pretraining else 'train'} --resume --out {run_dir.path}"
+    if now["kind"] == "missing":
+        raise ConfigError(f"the data this run trained on, {source}, is gone; if it moved, resume with "
+                          f"`{resume} --data NEW_PLACE`")
+    if (now["kind"], now["sha256"]) != (trained_on.get("kind"), trained_on.get("sha256")):
+        files = f" ({trained_on.get('files')} files then, {now['files']} now)" if now["kind"] == "folder" else ""
+        raise ConfigError(f"{source} is not the data this run trained on: its files differ{files}; put the data back "
+                          "as it was (or resume with `--data` at a copy of it), or start a new run")
+    if moved:
+        run_dir.write_config(cfg)  # from now on the run's data is where it was found
+        tqdm.write(f"note: the run's data is now {source} (its files are those it trained on)", file=sys.stderr)
 
 
 def compile_step(step: torch.nn.Module) -> torch.nn.Module:
@@ -661,11 +729,12 @@ def compile_step(step: torch.nn.Module) -> torch.nn.Module:
     return torch.compile(step, backend=backend)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, moved_data: str | None = None) -> dict:
     """Run a training job and return its summary (also written to the run folder). Under
-    torchrun every process calls this and gets the same summary."""
+    torchrun every process calls this and gets the same summary. `moved_data`: with `resume`,
+    where the run's data is now (accepted if its fingerprint is the one the run trained on)."""
     try:
-        return Trainer(cfg, resume=resume, quiet=quiet).run()
+        return Trainer(cfg, resume=resume, quiet=quiet, moved_data=moved_data).run()
     except BaseException as error:
         if owns_process_group():
             # The traceback's frames hold the Trainer, its DDP/FSDP wrapper and through it the

@@ -6,7 +6,9 @@ before intact.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,12 +17,20 @@ from vitkit.io import remove_stale_temporaries, write_json, write_text
 from vitkit.train.config import TrainConfig
 
 
+# Held (flock) by the one process that runs in a folder, for the life of the run; it names
+# that process's pid for whoever finds the folder in use.
+LOCK_NAME = ".lock"
+
+
 class RunFolder:
     def __init__(self, path: Path):
         self.path = path
+        self._lock_fd: int | None = None
 
     @classmethod
     def open(cls, out: str | None, resume: bool) -> "RunFolder":
+        """The run folder `out` (a new one, or with `resume` the run's own), locked for this
+        process: a second run in the same folder is refused while this one lives."""
         if out is None:
             if resume:
                 raise ConfigError("--resume needs --out DIR, the run folder to continue")
@@ -30,19 +40,67 @@ class RunFolder:
             if not (path / "config.yaml").is_file():
                 raise ConfigError(f"{path} holds no run to resume (no config.yaml); check --out, or "
                                   "start the run anew without --resume")
-        elif (path / "config.yaml").exists() or any((path / "checkpoints").glob("*.safetensors")):
-            raise ConfigError(f"{path} already holds a run; continue it with --resume or choose "
-                              "another --out")
         elif path.exists() and not path.is_dir():
             raise ConfigError(f"--out {path} is a file, not a folder")
-        try:
-            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (path / "plots").mkdir(exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create the run folder {path}: {e.strerror}") from None
+        else:
+            cls._check_new(path)
+            try:
+                (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+                (path / "plots").mkdir(exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create the run folder {path}: {e.strerror}") from None
         run = cls(path)
-        run.remove_stale_temporaries()
+        run.lock()
+        try:
+            if not resume:
+                cls._check_new(path)  # again, now that no other run can be starting here
+            run.remove_stale_temporaries()
+        except BaseException:
+            run.unlock()
+            raise
         return run
+
+    @staticmethod
+    def _check_new(path: Path) -> None:
+        if (path / "config.yaml").exists() or any((path / "checkpoints").glob("*.safetensors")):
+            raise ConfigError(f"{path} already holds a run; continue it with --resume or choose "
+                              "another --out")
+
+    def lock(self) -> None:
+        """Take the folder's lock, or refuse in one line naming the process that holds it. A
+        folder that cannot be written is not locked: nothing will be written there either."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): one run per folder is then the user's care
+            return
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return
+            raise ConfigError(f"cannot lock the run folder {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise ConfigError(f"{self.path} is in use by another vitkit run (pid {holder or 'unknown'}); wait for "
+                              "it to end, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        self.unlock()
+
+    def __getstate__(self) -> dict:
+        # Sent to the other processes of a distributed run: the lock stays with this one.
+        return {"path": self.path, "_lock_fd": None}
 
     def remove_stale_temporaries(self) -> None:
         """Half-written files of a process killed mid-save: a run folder has one writer, so

@@ -8,6 +8,7 @@ under the `train_state.` prefix (tensors) and the `train_state` header entry (JS
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -21,6 +22,19 @@ from vitkit.io import write_safetensors
 from vitkit.models.config import ModelConfig
 
 PREFIX = "train_state."
+# The header entry holding the sha256 of every tensor of a training checkpoint, checked on resume:
+# a flipped bit is refused instead of resumed from.
+CHECKSUM_KEY = "train_state_sha256"
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
@@ -69,7 +83,8 @@ def save_training_state(path: str | Path, model_config: ModelConfig, model_state
     for k, v in rng_tensors.items():
         tensors[PREFIX + k] = v.contiguous()
     state = {"param_groups": opt["param_groups"], "progress": progress, "rng": rng_meta}
-    header = {FORMAT_KEY: model_config.to_json(), "format": "vitkit", "train_state": json.dumps(state)}
+    header = {FORMAT_KEY: model_config.to_json(), "format": "vitkit", "train_state": json.dumps(state),
+              CHECKSUM_KEY: tensors_digest(tensors)}
     write_safetensors(path, tensors, header)
 
 
@@ -86,6 +101,9 @@ def load_training_state(path: str | Path) -> dict:
         raise CheckpointError(f"{path} has an unreadable training state ({type(e).__name__}: {e})") from None
     problem = _state_problem(state)
     tensors = read_tensors(path)
+    if CHECKSUM_KEY in meta and tensors_digest(tensors) != meta[CHECKSUM_KEY]:
+        raise CheckpointError(f"{path} is damaged: its tensors do not match the checksum written with them (a "
+                              "flipped bit, a bad disk or copy); resume from a backup of it, or start the run again")
     model, objective, optim_state, ema, rng = {}, {}, {}, {}, {}
     for key, value in tensors.items():
         if not key.startswith(PREFIX):
@@ -170,6 +188,12 @@ def _state_problem(state) -> str | None:
     for key in _PROGRESS_COUNTS:
         if key in progress and not (_is(progress[key], int) and progress[key] >= 0):
             return f"progress has no valid {key!r}"
+    if "threads" in progress and not (_is(progress["threads"], int) and progress["threads"] > 0):
+        return "progress has no valid 'threads'"
+    data = progress.get("data")
+    if data is not None and not (isinstance(data, dict) and isinstance(data.get("kind"), str)
+                                 and isinstance(data.get("sha256"), str) and _is(data.get("files"), int)):
+        return "the fingerprint of the run's data is damaged"
     sums = progress.get("epoch_sums")
     if sums is not None and not (isinstance(sums, dict) and all(_is(sums.get(k), (int, float)) for k in _SUMS)):
         return "the running sums of the epoch in progress are damaged"
