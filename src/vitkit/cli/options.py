@@ -181,3 +181,35 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     add_dataclass_flags(parser.add_argument_group("model options (override the picked or preset model)"),
                         ModelConfig, dest_prefix="model_", skip=MODEL_FLAG_SKIP, help_text=MODEL_HELP,
                         show_defaults=False)
+
+
+DATA_HELP = {
+    "source": "digits (bundled), an image folder (one sub-folder per class, or train/ val/ test/ holding "
+              "them), a CIFAR-10/100 python folder, an .npz with x and y, or a folder written by "
+              "`vitkit shard` (whose split is the one `vitkit shard` made)",
+    "split_seed": "seed of the train/val/test split",
+    "val_fraction": "validation share of the images, when the data has no val split",
+    "test_fraction": "test share of the images, when the data has no test split",
+    "skip_bad_images": "leave out unreadable images (counted in a warning) instead of stopping",
+    "max_image_pixels": MAX_IMAGE_PIXELS_HELP,
+}
+
+
+def add_data_flags(parser: argparse.ArgumentParser, *, source: bool = True) -> None:
+    """The dataset flags of every command that reads one, landing in `data_*`: `--data` (the
+    source; left out where a command takes it as its positional argument), `--split-seed`,
+    `--val-fraction`, `--test-fraction`, `--skip-bad-images`, `--max-image-pixels`."""
+    from vitkit.data.spec import DataSpec
+
+    group = parser.add_argument_group("data")
+    if source:
+        group.add_argument("--data", dest="data_source", default=argparse.SUPPRESS, metavar="SPEC",
+                           help=DATA_HELP["source"] + " (default: digits)")
+    add_dataclass_flags(group, DataSpec, dest_prefix="data_", skip=("source",), help_text=DATA_HELP)
+
+
+def data_spec(args: argparse.Namespace, base=None, **fixed):
+    """The DataSpec of the flags given, on top of `base` (a spec or source; default: DataSpec())."""
+    from vitkit.data.spec import DataSpec
+
+    return DataSpec.of(base if base is not None else DataSpec(), **{**collect(args, "data_"), **fixed})
