@@ -215,7 +215,8 @@ def test_regressions_native_headers(header, expected):
 # ----------------------------------------------------------------------------- training checkpoints
 
 def assert_sane_training_state(state: dict) -> None:
-    assert set(state) == {"model", "optimizer", "ema", "rng", "progress"}
+    assert set(state) == {"model", "objective", "optimizer", "ema", "rng", "progress"}
+    assert all(isinstance(v, torch.Tensor) for v in state["objective"].values())
     assert all(isinstance(v, torch.Tensor) for v in state["model"].values())
     assert isinstance(state["optimizer"]["param_groups"], list)
     assert isinstance(state["progress"], dict) and isinstance(state["progress"]["epoch"], int)

@@ -43,7 +43,7 @@ def test_pretrain_writes_a_run_folder_and_a_headless_model_that_train_init_fine_
     assert summary["objective"] == objective and summary["val_loss"] > 0
     # The run folder of a training run, plus the objective's own parameters.
     plots = ["plots/accuracy.png", "plots/loss.png"] if objective == "mpp" else ["plots/loss.png"]
-    assert _files(run) == ["checkpoints/best.safetensors", "checkpoints/final.safetensors",
+    assert _files(run) == [".lock", "checkpoints/best.safetensors", "checkpoints/final.safetensors",
                            "checkpoints/last.safetensors", "checkpoints/objective.safetensors", "config.yaml",
                            "metrics.jsonl", *plots, "summary.json"]
     assert summary["checkpoint"] == str(run / "checkpoints" / "final.safetensors")

@@ -74,7 +74,7 @@ def load_data(spec: DataSpec | str | os.PathLike = "digits", *, image_size: int 
         return _assemble({"all": _image_set(images, labels, size, channels)}, names, f"npz:{path}",
                          split_seed, fractions, [])
     if is_shard_folder(path):
-        return read_shards(path, size, channels)
+        return read_shards(path, size, channels, max_image_pixels)
     cifar_folder = cifar.find_cifar_folder(path)
     if cifar_folder is not None:
         (train_x, train_y), (test_x, test_y), names = cifar.read_cifar(cifar_folder)

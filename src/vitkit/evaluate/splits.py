@@ -44,7 +44,7 @@ def evaluate_split(model: torch.nn.Module, data: DataSpec | str = "digits", spli
     spec = DataSpec.of(data)
     logits_of = None if head == "both" else (lambda m, x: head_logits(m, x, head))
     if is_shard_folder(spec.source) and attack is None:
-        shards = open_shards(spec.source)
+        shards = open_shards(spec.source, spec.max_image_pixels)
         _check_classes(model, shards.num_classes, spec.source)
         cfg = model.config
         batches = ShardBatches(shards.split(split), batch_size=batch_size, image_size=cfg.image_size,

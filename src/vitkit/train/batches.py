@@ -37,7 +37,7 @@ def read_splits(spec: DataSpec, streaming: bool, train_fraction: float) -> DataS
         if train_fraction < 1.0:
             raise ConfigError("train_fraction needs data read into memory; to train on part of a shard folder, "
                               "shard that part with `vitkit shard`")
-        return open_shards(spec.source)
+        return open_shards(spec.source, spec.max_image_pixels)
     data = load_data(spec)
     data.train = training_subset(data.train, train_fraction, spec.split_seed)
     return data

@@ -383,7 +383,7 @@ class Trainer:
         sums = self._all_ranks(sums)
         stats = {"train_loss": float(sums["loss"]) / max(sums["images"], 1)}
         if self.objective.accuracy:
-            stats[f"train_{self.objective.accuracy}"] = float(sums["correct"]) / max(float(sums["count"]), 1.0)
+            stats[f"train_{self.objective.accuracy}"] = int(sums["correct"]) / max(int(sums["count"]), 1)
         stats["skipped_updates"] = sums["skipped"]
         return stats
 
@@ -398,8 +398,9 @@ class Trainer:
             # Saved sums are over all ranks: rank 0 carries them on, the others start at zero.
             saved = {**saved, "loss": 0.0, "correct": 0.0, "count": 0.0, "images": 0}
         return {"loss": torch.tensor(saved["loss"], dtype=torch.float32, device=self.device),
-                "correct": torch.tensor(saved["correct"], dtype=torch.float32, device=self.device),
-                "count": torch.tensor(saved["count"], dtype=torch.float32, device=self.device),
+                # Counts in int64: exact past float32's 2^24 (MPP counts patches, not images).
+                "correct": torch.tensor(int(saved["correct"]), dtype=torch.int64, device=self.device),
+                "count": torch.tensor(int(saved["count"]), dtype=torch.int64, device=self.device),
                 "images": saved["images"], "skipped": saved["skipped"]}
 
     def _all_ranks(self, sums: dict) -> dict:
@@ -407,10 +408,10 @@ class Trainer:
         skipped count needs no sum: the ranks decide together whether to skip."""
         if not self.dist.active:
             return sums
-        totals = torch.stack([sums["loss"], sums["correct"], sums["count"],
-                              torch.tensor(float(sums["images"]), device=self.device)])
-        self.dist.sum_(totals)
-        return {"loss": totals[0], "correct": totals[1], "count": totals[2], "images": int(totals[3]),
+        loss = sums["loss"].clone()
+        counts = torch.stack([sums["correct"], sums["count"], torch.tensor(sums["images"], device=self.device)])
+        self.dist.sum_(loss, counts)
+        return {"loss": loss, "correct": counts[0], "count": counts[1], "images": int(counts[2]),
                 "skipped": sums["skipped"]}
 
     def _update(self, epoch: int, usable: bool = True) -> bool:
@@ -509,7 +510,7 @@ class Trainer:
             self._tick()
             sums = self._all_ranks(sums)
         p["epoch_sums"] = None if sums is None else {
-            "loss": float(sums["loss"]), "correct": float(sums["correct"]), "count": float(sums["count"]),
+            "loss": float(sums["loss"]), "correct": int(sums["correct"]), "count": int(sums["count"]),
             "images": sums["images"], "skipped": sums["skipped"]}
         self.checkpoints.write_last(self.step_module, self.optimizer, self.ema.shadow if self.ema else None, p,
                                     self._position())
