@@ -89,7 +89,7 @@ def test_train_help_shows_real_defaults_and_none_that_the_data_picks(capsys):
     entries = help_entries(capsys.readouterr().out)
     assert entries["--epochs INT"] == "training epochs (default: picked from the data size)"
     assert entries["--momentum FLOAT"].endswith("(default: 0.9)") or entries["--momentum FLOAT"] == "default: 0.9"
-    assert entries["--betas FLOAT [FLOAT ...]"].endswith("default: 0.9 0.999")
+    assert entries["--betas FLOAT [FLOAT ...]"].endswith("(default: 0.9 0.999)")
     # The model is picked from the data or a preset: ModelConfig's own defaults (width 768) are not it.
     assert entries["--width INT"] == "token width D"
     assert "--model-options DICT" not in entries  # a dict is set in a config file, not a flag

@@ -152,10 +152,13 @@ def test_photos_turned_by_exif_are_read_upright(tmp_path):
     assert image[:, 0, 0].tolist() == [0, 0, 250] and image[:, 7, 0].tolist() == [250, 0, 0]
 
 
-def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capfd):
+def test_no_progress_bar_when_stderr_is_not_a_terminal_but_a_line_per_phase(tmp_path, capfd):
     root = write_class_folder(tmp_path / "d", {"cat": 2, "dog": 2})
     load_data(str(root), val_fraction=0, test_fraction=0)
-    assert capfd.readouterr().err == ""
+    lines = capfd.readouterr().err.splitlines()
+    assert "\r" not in "".join(lines)  # no bar redrawn in place
+    assert [line.split(":")[0] for line in lines] == ["checking images", "reading images"]
+    assert all(line.split(": ")[1].startswith("4 img in ") for line in lines)
 
 
 def test_a_progress_bar_on_a_terminal_unless_quiet(tmp_path, capsys, monkeypatch):
