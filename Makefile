@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vitkit train --out runs/demo
+	$(VENV)/bin/vitkit train
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q

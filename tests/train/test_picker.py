@@ -55,6 +55,28 @@ def test_a_32x32_copy_of_the_digits_gets_the_model_and_input_of_the_digits(tmp_p
     assert any(note.startswith("images: 32x32 with the detail of 8x8") for note in notes)
 
 
+def test_rgb_images_with_equal_channels_train_as_grey_images(tmp_path):
+    digits = load_data("digits")
+    rgb = np.repeat(digits_at(32, Image.BILINEAR)[:, 0].numpy()[..., None], 3, axis=-1)
+    np.savez(tmp_path / "rgb.npz", x=rgb, y=digits.train.labels.numpy())
+    cfg, model, notes = resolve(TrainConfig(), load_data(tmp_path / "rgb.npz"))
+    assert model.in_chans == 1 and model.image_size == (16, 16)
+    assert cfg.augment["flip"] is False and cfg.augment["rotate"] == 15.0  # grey images' augmentation
+    assert any(note.startswith("images: RGB with three equal channels, that is grey") for note in notes)
+    rgb[:5, 0, 0, 1] += 1  # one pixel of colour in five images: colour images
+    np.savez(tmp_path / "colour.npz", x=rgb, y=digits.train.labels.numpy())
+    _, model, _ = resolve(TrainConfig(), load_data(tmp_path / "colour.npz"))
+    assert model.in_chans == 3
+
+
+def test_a_plateau_in_the_last_quarter_of_a_run_does_not_stop_it(tmp_path, monkeypatch):
+    losses = iter([0.5] + [0.9] * 40)  # never lower after epoch 1
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"val_loss": next(losses), "val_acc": 0.5})
+    cfg = TrainConfig(out=str(tmp_path / "run"), epochs=8, batch_size=512, plateau_stop=7, model_options=dict(TINY))
+    summary = train(cfg, quiet=True)
+    assert summary["epochs"] == 8 and "stopped_on_plateau" not in summary and summary["select"] == "last"
+
+
 def test_epochs_are_cut_to_fit_the_budget_and_kept_when_they_fit():
     assert fit_epochs(100, 0.5, 60)[0] == 100  # 50 s
     assert fit_epochs(100, 0.7, 60)[0] == 100  # 70 s: within the 25% slack
@@ -88,9 +110,9 @@ def test_the_step_timing_leaves_the_runs_weights_and_random_streams_alone(tmp_pa
     assert a["test_acc"] == b["test_acc"] and a["final_train_loss"] == b["final_train_loss"]
 
 
-def test_plateau_patience_leaves_the_digits_runs_alone_and_stops_long_ones():
+def test_plateau_patience_is_half_the_run():
     cfg = TrainConfig()
-    assert [plateau_patience(cfg, e) for e in (20, 39, 40, 100, 300)] == [0, 0, 20, 30, 90]
+    assert [plateau_patience(cfg, e) for e in (20, 39, 40, 100, 300)] == [0, 0, 20, 50, 150]
     assert plateau_patience(cfg.replace(plateau_stop=7), 300) == 7
 
 

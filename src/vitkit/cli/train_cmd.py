@@ -44,9 +44,9 @@ TRAIN_HELP = {
     "time_budget": "seconds of training the picked epochs must fit, from the speed measured on the first "
                    "steps (only when --epochs is not given); default: 60 for sets under 5,000 images, else no "
                    "limit; 0: no limit",
-    "plateau_stop": "stop when the validation loss has not fallen for N epochs; the best validation epoch's "
-                    "model is then the result; default: max(20, 30%% of the epochs) for runs of 40 epochs or "
-                    "more, else off; 0: off",
+    "plateau_stop": "stop when the validation loss has not fallen for N epochs, with a quarter of the epochs "
+                    "still to go; the best validation epoch's model is then the result; default: max(20, 50%% of "
+                    "the epochs) for runs of 40 epochs or more, else off; 0: off",
     "skip_nonfinite": "skip the update of a step whose loss (or clipped gradient norm) is NaN/inf, "
                       "counted in the metrics, instead of stopping the run",
     "precision": "auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16",

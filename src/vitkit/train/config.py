@@ -109,9 +109,9 @@ class TrainConfig:
     # first steps (only when epochs are picked). None: 60 for sets under 5,000 images, no limit
     # for larger ones; 0: no limit (train/auto.py).
     time_budget: float | None = None
-    # Stop when the validation loss has not fallen for this many epochs (the best validation
-    # epoch's model is then the result). None: max(20, 30% of the epochs) for runs of 40 epochs
-    # or more, off for shorter ones; 0: off.
+    # Stop when the validation loss has not fallen for this many epochs, with a quarter of the
+    # epochs or more to go (the best validation epoch's model is then the result). None:
+    # max(20, 50% of the epochs) for runs of 40 epochs or more, off for shorter ones; 0: off.
     plateau_stop: int | None = None
 
     augment: dict[str, Any] = field(default_factory=dict)

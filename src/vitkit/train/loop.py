@@ -299,10 +299,12 @@ class Trainer:
         return p["epoch"] >= self.cfg.epochs or p["bad_epochs"] >= self.cfg.early_stop > 0 or self._on_plateau()
 
     def _on_plateau(self) -> bool:
-        """Whether the validation loss has not fallen for --plateau-stop epochs (before the last)."""
+        """Whether the validation loss has not fallen for --plateau-stop epochs, with a quarter of
+        the epochs or more still to go (later, stopping saves little, and the last model, near
+        the end of its schedule, is the better result)."""
         p = self.progress
         patience = self.cfg.plateau_stop or 0
-        return 0 < patience <= p["epoch"] - p["lowest_val_loss_epoch"] and p["epoch"] < self.cfg.epochs
+        return 0 < patience <= p["epoch"] - p["lowest_val_loss_epoch"] and p["epoch"] <= 0.75 * self.cfg.epochs
 
     def _position(self) -> str:
         """Where the training stands, in words: "epoch 2 step 5/21" or "the end of epoch 1"."""
