@@ -14,11 +14,13 @@ import vitkit
 from vitkit import hub as vhub
 from vitkit import pretrained
 from vitkit.cli.main import main
+from vitkit.data import load_data
 from vitkit.errors import CheckpointError
 from vitkit.formats import google_npz
 from vitkit.models import count_parameters
 from vitkit.models.config import ModelConfig
 from vitkit.models.vit import VisionTransformer
+from vitkit.train import TrainConfig
 
 RELEASES = pretrained.RELEASES
 
@@ -135,3 +137,27 @@ def test_models_pretrained_lists_every_entry(capsys):
     table = {line.split()[0]: line for line in lines[1:len(RELEASES) + 1]}
     assert list(table) == list(RELEASES)
     assert table["vit_b16_i21k_i1k_384"].rstrip().endswith("imagenet21k%2Bimagenet2012/ViT-B_16.npz")
+
+
+def test_fine_tuning_a_release_by_name_is_one_command(release, tmp_path, capsys):
+    """The README's workflow: `vitkit train --init NAME --data FOLDER` (here the digits), then
+    `vitkit predict` with the fine-tuned model: the release's architecture and resolution with a
+    new head for the data's classes, the paper's fine-tuning recipe, layer-wise decay if asked."""
+    from PIL import Image
+
+    entry, _ = release
+    out = tmp_path / "tuned"
+    assert main(["train", "--init", entry.name, "--data", "digits", "--epochs", "1", "--layer-decay", "0.75",
+                 "--out", str(out), "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tuned = vitkit.load(summary["checkpoint"])
+    cfg = tuned.config
+    assert (cfg.width, cfg.depth, cfg.image_size, cfg.in_chans, cfg.num_classes) == (192, 12, (32, 32), 3, 10)
+    assert cfg.class_names == tuple(str(i) for i in range(10)) and cfg.interpolation is None
+    saved = TrainConfig.from_yaml(out / "config.yaml")
+    assert (saved.init, saved.recipe, saved.optimizer, saved.layer_decay) == (entry.name, "finetune", "sgd", 0.75)
+    digit = tmp_path / "digit.png"
+    Image.fromarray(load_data("digits").test.images[0, 0].numpy()).save(digit)
+    assert main(["predict", summary["checkpoint"], str(digit), "--topk", "1", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["predictions"][0]["top"][0]
+    assert top["class"] in cfg.class_names

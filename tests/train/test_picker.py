@@ -17,7 +17,9 @@ from PIL import Image
 
 from vitkit.data import load_data
 from vitkit.train import TrainConfig, Trainer, train
+import vitkit.train.loop as loop
 from vitkit.train.auto import DETAIL_LOSS_LIMIT, detail_loss, detail_size, fit_epochs, plateau_patience, resolve
+from vitkit.train.budget import epoch_seconds
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=16)
 
@@ -87,14 +89,14 @@ def test_epochs_are_cut_to_fit_the_budget_and_kept_when_they_fit():
 
 
 def test_the_trainer_fits_the_picked_epochs_to_the_measured_speed(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(Trainer, "_epoch_seconds", lambda self: 3.0)
+    monkeypatch.setattr(loop, "epoch_seconds", lambda *args: 3.0)
     trainer = Trainer(TrainConfig(out=str(tmp_path / "run"), model_options=dict(TINY)))
     assert (trainer.cfg.epochs, trainer.cfg.warmup_epochs) == (20, 1.0)  # 60 s / 3 s; warm-up for 20
     assert "auto: time: 100 epochs would take about 5.0 min" in capsys.readouterr().err
     saved = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
     assert saved.epochs == 20 and saved.plateau_stop == 0  # 20 epochs: too short to stop on a plateau
     # Epochs given, or no budget: nothing is measured or changed.
-    monkeypatch.setattr(Trainer, "_epoch_seconds", lambda self: pytest.fail("measured"))
+    monkeypatch.setattr(loop, "epoch_seconds", lambda *args: pytest.fail("measured"))
     assert Trainer(TrainConfig(out=str(tmp_path / "given"), epochs=100, model_options=dict(TINY)),
                    quiet=True).cfg.epochs == 100
     assert Trainer(TrainConfig(out=str(tmp_path / "free"), time_budget=0, model_options=dict(TINY)),
@@ -104,7 +106,9 @@ def test_the_trainer_fits_the_picked_epochs_to_the_measured_speed(tmp_path, monk
 def test_the_step_timing_leaves_the_runs_weights_and_random_streams_alone(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=256, time_budget=0, model_options=dict(TINY))
     timed = Trainer(cfg.replace(out=str(tmp_path / "a")), quiet=True)
-    assert timed._epoch_seconds() > 0
+    images, labels = next(iter(timed.epoch_batches(0)))
+    seconds = epoch_seconds(timed.step_module, timed.cfg, timed._input, images, labels, True, 5, 179)
+    assert seconds > 0
     a = timed.run()
     b = Trainer(cfg.replace(out=str(tmp_path / "b")), quiet=True).run()
     assert a["test_acc"] == b["test_acc"] and a["final_train_loss"] == b["final_train_loss"]

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import torch
+from tqdm import tqdm
 
-from vitkit.errors import CheckpointError, SaveError
-from vitkit.formats.native import save as save_model
+from vitkit.data.spec import fingerprint
+from vitkit.errors import CheckpointError, ConfigError, SaveError
+from vitkit.formats.native import read_header, save as save_model
+from vitkit.train.config import TrainConfig
 from vitkit.train.distributed import Distributed, split_state
 from vitkit.train.run import RunFolder
 from vitkit.train.state import check_fits_optimizer, load_training_state, save_training_state
@@ -89,3 +94,31 @@ class Checkpoints:
         state = load_training_state(path)
         check_fits_optimizer(state, optimizer, path)
         return state
+
+
+def check_same_data(run_dir: RunFolder, cfg: TrainConfig, moved: bool) -> None:
+    """Refuse to continue a run on other data than it trained on (another folder found at the
+    same path from another working folder, images added or deleted since, a folder that moved):
+    its split and step count would silently change. Read from the checkpoint's header alone,
+    before any data is loaded. A run killed before its first checkpoint, or one whose checkpoint
+    predates fingerprints, is not checked. `moved`: the data was given a new place (--data),
+    recorded in config.yaml once its fingerprint is found to be the run's."""
+    try:
+        progress = json.loads(read_header(run_dir.last_checkpoint)["train_state"])["progress"]
+        trained_on = progress.get("data")
+    except Exception:  # no checkpoint yet, or a damaged one, which reading it will name
+        return
+    if not isinstance(trained_on, dict):
+        return
+    source, now = cfg.data.source, fingerprint(cfg.data)
+    resume = f"vitkit {'pretrain' if cfg.pretraining else 'train'} --resume --out {run_dir.path}"
+    if now["kind"] == "missing":
+        raise ConfigError(f"the data this run trained on, {source}, is gone; if it moved, resume with "
+                          f"`{resume} --data NEW_PLACE`")
+    if (now["kind"], now["sha256"]) != (trained_on.get("kind"), trained_on.get("sha256")):
+        files = f" ({trained_on.get('files')} files then, {now['files']} now)" if now["kind"] == "folder" else ""
+        raise ConfigError(f"{source} is not the data this run trained on: its files differ{files}; put the data back "
+                          "as it was (or resume with `--data` at a copy of it), or start a new run")
+    if moved:
+        run_dir.write_config(cfg)  # from now on the run's data is where it was found
+        tqdm.write(f"note: the run's data is now {source} (its files are those it trained on)", file=sys.stderr)

@@ -16,8 +16,6 @@ to skip it.)
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import os
 import sys
@@ -34,7 +32,6 @@ from vitkit.data.spec import absolute, fingerprint
 from vitkit.device import pick_device, pick_precision, seed_everything
 from vitkit.errors import ConfigError, StoppedBySignal, TrainingDiverged, printable
 from vitkit.formats import load as load_checkpoint
-from vitkit.formats.native import read_header
 from vitkit.models import count_parameters
 from vitkit.models.vit import VisionTransformer
 from vitkit.objectives import build_objective
@@ -42,7 +39,8 @@ from vitkit.objectives.base import Draws
 from vitkit.progress import Progress
 from vitkit.train.auto import busy_note, default_warmup, fit_epochs, plateau_patience, resolve, time_budget
 from vitkit.train.batches import RunBatches, read_splits
-from vitkit.train.checkpoints import Checkpoints
+from vitkit.train.budget import epoch_seconds
+from vitkit.train.checkpoints import Checkpoints, check_same_data
 from vitkit.train.config import TrainConfig
 from vitkit.train.distributed import Distributed, end_process_group, owns_process_group
 from vitkit.train.evaluation import classifier_test, split_sums
@@ -175,14 +173,18 @@ class Trainer:
 
     def _fit_time_budget(self, picked_warmup: bool) -> None:
         """Fewer epochs than picked when they would overrun the time budget at the speed measured
-        here on the run's first batch (auto.fit_epochs); one process only (a distributed run is
-        sized by its launcher)."""
+        here (train/budget.py); one process only (a distributed run is sized by its launcher)."""
         budget = time_budget(self.cfg, len(self.data.train))
         if self.dist.active or budget == 0:
             return
         if not self.streaming:
             self.hold_train_images()
-        epochs, note = fit_epochs(self.cfg.epochs, self._epoch_seconds(), budget)
+        first = self.epoch_batches(0)
+        images, labels = next(first)
+        first.close()
+        seconds = epoch_seconds(self.step_module, self.cfg, self._input, images, labels, self.objective.uses_labels,
+                                self.batches.steps_per_epoch, len(self.data.val))
+        epochs, note = fit_epochs(self.cfg.epochs, seconds, budget)
         self.say(f"auto: {note}")
         busy = busy_note()
         if busy:
@@ -192,36 +194,6 @@ class Trainer:
             if picked_warmup:
                 changes["warmup_epochs"] = default_warmup(epochs, self.cfg.recipe == "finetune")
             self.cfg = self.cfg.replace(**changes)
-
-    def _epoch_seconds(self) -> float:
-        """Seconds an epoch will take: training steps (forward, backward, optimiser step) of a
-        copy of the model and objective timed on the first batch, plus validation at a third of
-        a training step's cost per image. The run's own weights and random streams are left as
-        they were."""
-        first = self.epoch_batches(0)
-        images, labels = next(first)
-        first.close()
-        step = copy.deepcopy(self.step_module)
-        own = step.objective if any(True for _ in step.objective.parameters()) else None
-        optimizer = build_optimizer(step.model, self.cfg.optimizer, self.cfg.lr, self.cfg.weight_decay,
-                                    self.cfg.momentum, self.cfg.betas, extra=own, layer_decay=self.cfg.layer_decay)
-        cuda = [self.device] if self.device.type == "cuda" else []
-        times = []
-        with torch.random.fork_rng(devices=cuda):
-            for i in range(5):
-                start = time.perf_counter()
-                pixels, targets = self._input(images, labels)
-                out = step(pixels, targets if self.objective.uses_labels else None,
-                           Draws(self.cfg.seed, (-3, i), range(labels.shape[0]), self.device))
-                out["loss"].backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if cuda:
-                    torch.cuda.synchronize(self.device)
-                times.append(time.perf_counter() - start)
-        step_seconds = sorted(times[2:])[1]  # the median after two warm-up steps
-        validation = len(self.data.val) / max(labels.shape[0], 1) * step_seconds / 3
-        return self.batches.steps_per_epoch * step_seconds + validation
 
     def _write_config(self) -> None:
         with self.checkpoints.saving(self.run_dir.path / "config.yaml"):
@@ -695,34 +667,6 @@ class Trainer:
         with self.checkpoints.saving(self.run_dir.summary_file):
             self.run_dir.write_summary(summary, history)
         return summary
-
-
-def check_same_data(run_dir: RunFolder, cfg: TrainConfig, moved: bool) -> None:
-    """Refuse to continue a run on other data than it trained on (another folder found at the
-    same path from another working folder, images added or deleted since, a folder that moved):
-    its split and step count would silently change. Read from the checkpoint's header alone,
-    before any data is loaded. A run killed before its first checkpoint, or one whose checkpoint
-    predates fingerprints, is not checked. `moved`: the data was given a new place (--data),
-    recorded in config.yaml once its fingerprint is found to be the run's."""
-    try:
-        progress = json.loads(read_header(run_dir.last_checkpoint)["train_state"])["progress"]
-        trained_on = progress.get("data")
-    except Exception:  # no checkpoint yet, or a damaged one, which reading it will name
-        return
-    if not isinstance(trained_on, dict):
-        return
-    source, now = cfg.data.source, fingerprint(cfg.data)
-    resume = f"vitkit {'pretrain' if cfg.pretraining else 'train'} --resume --out {run_dir.path}"
-    if now["kind"] == "missing":
-        raise ConfigError(f"the data this run trained on, {source}, is gone; if it moved, resume with "
-                          f"`{resume} --data NEW_PLACE`")
-    if (now["kind"], now["sha256"]) != (trained_on.get("kind"), trained_on.get("sha256")):
-        files = f" ({trained_on.get('files')} files then, {now['files']} now)" if now["kind"] == "folder" else ""
-        raise ConfigError(f"{source} is not the data this run trained on: its files differ{files}; put the data back "
-                          "as it was (or resume with `--data` at a copy of it), or start a new run")
-    if moved:
-        run_dir.write_config(cfg)  # from now on the run's data is where it was found
-        tqdm.write(f"note: the run's data is now {source} (its files are those it trained on)", file=sys.stderr)
 
 
 def compile_step(step: torch.nn.Module) -> torch.nn.Module:
