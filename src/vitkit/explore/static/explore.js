@@ -152,19 +152,28 @@
   function upload(file) {
     const form = new FormData();
     form.append('image', file, file.name);
-    run(`Running the model on ${file.name}`, async () => {
-      show(await ask('/api/predict', { method: 'POST', body: form }));
-    });
+    run(`Running the model on ${file.name}`, () => showAnswer(ask('/api/predict', { method: 'POST', body: form })));
   }
 
   async function showSample(index) {
-    show(await ask(`/api/sample/${index}`));
+    await showAnswer(ask(`/api/sample/${index}`));
   }
 
-  async function show(answer) {
+  // The image on screen is the one asked for last: an answer that arrives after a newer request
+  // (the first sample still loading when an image is dropped) is not shown over it.
+  let latestRequest = 0;
+
+  async function showAnswer(pending) {
+    const request = ++latestRequest;
+    const answer = await pending;
+    if (request === latestRequest) await show(answer, request);
+  }
+
+  async function show(answer, request) {
     const image = new Image();
     image.src = answer.image;
     await image.decode();
+    if (request !== latestRequest) return;
     state.answer = answer;
     state.image = image;
     state.attention = new Map();
