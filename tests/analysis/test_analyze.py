@@ -185,3 +185,14 @@ def test_rollout_examples_span_the_classes_and_name_them(tmp_path, monkeypatch):
     assert torch.allclose(torch.tensor(result["rollout"]["maps"]), torch.tensor(alone["rollout"]["maps"]), atol=1e-6)
     # Without labels: the first images, no captions.
     assert alone["rollout"]["images"] == [0, 1, 2, 3, 4] and "labels" not in alone["rollout"]
+
+
+def test_batches_shrink_to_keep_their_attention_weights_near_a_gibibyte():
+    from vitkit.analysis.report import attention_batch_size
+    from vitkit.models.presets import preset_config
+
+    # ViT-L/16 at 384: 24 layers x 16 heads x 577^2 weights x 4 bytes = 0.51 GB an image.
+    assert attention_batch_size(preset_config("vit_l16", image_size=384), 32) == 2
+    # ViT-H/14 at 518: 3.8 GB for one image, which still runs.
+    assert attention_batch_size(preset_config("vit_h14", image_size=518), 32) == 1
+    assert attention_batch_size(_model().config, 32) == 32

@@ -23,8 +23,17 @@ from vitkit.progress import Progress
 ATTENTION_BYTES_PER_BATCH = 1 << 30
 
 
-def _rounded(t: torch.Tensor, decimals: int = 6) -> list:
+def rounded(t: torch.Tensor, decimals: int = 6) -> list:
+    """Nested lists of a tensor's values rounded in float64 (float32 values printed as JSON
+    carry noise digits)."""
     return t.double().round(decimals=decimals).tolist()
+
+
+def attention_batch_size(cfg, batch_size: int) -> int:
+    """`batch_size`, fewer (at least 1) when keeping a batch's attention weights (all layers and
+    heads, float32) would pass ATTENTION_BYTES_PER_BATCH."""
+    tokens = cfg.num_prefix_tokens + cfg.num_patches
+    return max(1, min(batch_size, ATTENTION_BYTES_PER_BATCH // (4 * cfg.depth * cfg.num_heads * tokens**2)))
 
 
 def examples_across_classes(labels: torch.Tensor | None, count: int, total: int) -> list[int]:
@@ -78,8 +87,8 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
                      f"{model_name}: top {len(explained)} principal components of the "
                      f"{cfg.patch_size}x{cfg.patch_size} patch-embedding filters")
         result["filters"] = {"num_components": len(explained),
-                             "explained_variance_ratio": _rounded(explained),
-                             "components": _rounded(components)}
+                             "explained_variance_ratio": rounded(explained),
+                             "components": rounded(components)}
         result["files"].append("filters.png")
     except ConfigError as e:
         result["filters"] = None
@@ -91,7 +100,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
         plot_posemb_similarity(similarity, cfg.grid_size, out / "posemb_similarity.png",
                                f"{model_name}: position-embedding similarity ({cfg.posemb})")
         result["posemb_similarity"] = {"grid": list(cfg.grid_size), "source": source,
-                                       "similarity": _rounded(similarity)}
+                                       "similarity": rounded(similarity)}
         result["files"].append("posemb_similarity.png")
         if model.layer_pos_embeds is not None:
             result["notes"].append(f"posemb_similarity.png shows {source}")
@@ -112,8 +121,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     total = torch.zeros(cfg.depth, cfg.num_heads, dtype=torch.float64)
     maps = []
     device = next(model.parameters()).device
-    tokens = n + cfg.num_patches
-    batch_size = max(1, min(batch_size, ATTENTION_BYTES_PER_BATCH // (4 * cfg.depth * cfg.num_heads * tokens**2)))
+    batch_size = attention_batch_size(cfg, batch_size)
     shown = examples_across_classes(labels, rollout_images, pixels.shape[0])
     predicted = {}
     with Progress(pixels.shape[0], "attention", "img", quiet=not progress) as bar:
@@ -160,7 +168,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
         result["rollout"]["labels"] = truth
     plot_rollout(pixels[shown], maps, out / "rollout.png",
                  f"{model_name}: attention rollout ({query}; heat scaled to each map's maximum)", captions)
-    result["rollout"]["maps"] = _rounded(maps, 8)
+    result["rollout"]["maps"] = rounded(maps, 8)
     result["files"].append("rollout.png")
 
     write_json(out / "analysis.json", result)

@@ -9,20 +9,18 @@ from collections import OrderedDict
 
 import torch
 
+from vitkit.analysis.report import attention_batch_size, rounded
 from vitkit.data.dataset import ImageSet
 from vitkit.data.images import resolve_pixel_limit
 from vitkit.evaluate.preprocess import resize_images
 from vitkit.explore.batching import ForwardBatcher
 from vitkit.explore.uploads import DEFAULT_MAX_UPLOAD_BYTES, RequestError, multipart_fields, read_upload
 from vitkit.explore.views import (TOP_K, ImageView, image_views, model_summary, png_data_url, predictions,
-                                  prefix_token_names, rounded, token_attention)
+                                  prefix_token_names, token_attention)
 
 # Attention weights of recent images, kept so that clicking a patch costs no forward: a ViT-B/16
 # at 224 holds 22 MB per image. The newest image is always kept, whatever its size.
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
-# A batch's attention weights (all layers and heads, float32) are capped near this size by
-# taking fewer requests into one forward.
-ATTENTION_BYTES_PER_BATCH = 1 << 30
 
 
 class Explorer:
@@ -51,10 +49,8 @@ class Explorer:
         self.summary["samples"] = None if samples is None else {
             "count": len(samples), "source": sample_source, "classes": list(sample_classes or [])}
         self.summary["max_upload_bytes"] = max_upload_bytes
-        tokens = self.config.num_prefix_tokens + self.config.num_patches
-        per_image = 4 * self.config.depth * self.config.num_heads * tokens**2
         self.batcher: ForwardBatcher[ImageView] = ForwardBatcher(
-            lambda pixels: image_views(self.model, pixels), max(1, min(max_batch, ATTENTION_BYTES_PER_BATCH // per_image)))
+            lambda pixels: image_views(self.model, pixels), attention_batch_size(self.config, max_batch))
         self._cache: OrderedDict[str, ImageView] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._cache_lock = threading.Lock()

@@ -14,6 +14,7 @@ from PIL import Image
 from vitkit.analysis.attention_distance import head_distances, patch_distances
 from vitkit.analysis.filters import filters_for_display, patch_embedding_components
 from vitkit.analysis.posemb_similarity import patch_position_embeddings, position_similarity
+from vitkit.analysis.report import rounded
 from vitkit.analysis.rollout import attention_rollout, pooled_patch_weights, rollout_queries, rollout_rows
 from vitkit.errors import ConfigError
 from vitkit.evaluate.preprocess import normalize
@@ -22,12 +23,6 @@ TOP_K = 5
 # The colour maps of analyze's pictures (rollout: inferno; similarity: viridis), so the page
 # and the PNGs read alike.
 COLORMAPS = ("inferno", "viridis")
-
-
-def rounded(t: torch.Tensor, decimals: int = 6) -> list:
-    """Nested lists of a tensor's values rounded in float64 (float32 values printed as JSON
-    carry noise digits)."""
-    return t.double().round(decimals=decimals).tolist()
 
 
 def prefix_token_names(config) -> list[str]:
