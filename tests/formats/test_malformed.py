@@ -156,7 +156,7 @@ def test_regression_load_arguments_of_the_wrong_type_or_value(tmp_path, argument
 
 
 @pytest.mark.parametrize("suffix, kind", [(".png", "PNG"), (".jpg", "JPEG"), (".gif", "GIF"), (".bmp", "BMP"),
-                                          (".tiff", "TIFF"), (".webp", "WebP"), (".ppm", "PNM")])
+                                          (".tiff", "TIFF"), (".webp", "WEBP"), (".ppm", "PPM")])
 def test_an_image_where_a_checkpoint_belongs_is_named_for_what_it_is(tmp_path, suffix, kind):
     from PIL import Image
 

@@ -109,27 +109,25 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
-# Leading bytes of the image formats vitkit reads: a file a user gives where a checkpoint
-# belongs (arguments swapped) is named for what it is. Each is checked only once every
-# checkpoint format has refused the file, so no checkpoint is ever taken for an image.
-_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
-                (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-
-
 def image_format(path: Path) -> str | None:
-    """The image format of the file at `path` by its magic bytes ("PNG", "JPEG", ...), or None."""
+    """The format ("PNG", "JPEG", ...) of the file at `path` if Pillow, vitkit's image reader,
+    opens it as one of the image types vitkit reads (data.images.IMAGE_SUFFIXES), else None: a
+    file a user gives where a checkpoint belongs (arguments swapped) is named for what it is.
+    Asked only once every checkpoint format has refused the file, so no checkpoint is ever
+    taken for an image."""
+    from PIL import Image
+
+    from vitkit.data.images import IMAGE_SUFFIXES, ClampedReads
+
+    Image.init()
+    extensions = Image.registered_extensions()
+    formats = sorted({extensions[s] for s in IMAGE_SUFFIXES if s in extensions})
     try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-    except OSError:
+        with open(path, "rb") as f, Image.open(ClampedReads(f, os.fstat(f.fileno()).st_size),
+                                               formats=formats) as image:
+            return image.format
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return None
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    if head[:2] == b"BM" and len(head) >= 6 and struct.unpack("<I", head[2:6])[0] == os.path.getsize(path):
-        return "BMP"  # two letters alone say too little: a BMP header also declares the file's size
-    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
-        return "PNM"
-    return next((name for magic, name in _IMAGE_MAGIC if head.startswith(magic)), None)
 
 
 def _refuse_image(path: Path) -> None:
