@@ -69,10 +69,8 @@ class Explorer:
         cfg = self.config
         # As `vitkit predict` reads files: decoded at the model's size, except that a released
         # model gets its release's resize and crop of the image at its own size.
-        if cfg.interpolation is None:
-            pixels = read_upload(fields["image"], cfg.image_size, cfg.in_chans, self.max_image_pixels)
-            return self._answer(torch.tensor(pixels).float() / 255.0, top_k)
-        pixels = read_upload(fields["image"], None, cfg.in_chans, self.max_image_pixels)
+        size = cfg.image_size if cfg.interpolation is None else None
+        pixels = read_upload(fields["image"], size, cfg.in_chans, self.max_image_pixels)
         return self._answer(resize_images([torch.tensor(pixels)], cfg)[0], top_k)
 
     def predict_sample(self, index: int, top_k: int = TOP_K) -> dict:
