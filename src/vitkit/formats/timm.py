@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.formats.names import Rule, from_vitkit, require, required_shape, to_vitkit
 from vitkit.io import atomic_path
-from vitkit.models.config import ModelConfig
+from vitkit.models.config import CROP_MODES, INTERPOLATIONS, ModelConfig
 from vitkit.models.posemb import grid_from_tokens
 
 # Standard head count for a width (Ti, S, B, L, H; timm's "medium" 512 has 8).
@@ -135,8 +135,6 @@ def is_hub_dir(path: Path) -> bool:
 # timm's defaults for what a pretrained_cfg leaves out (timm/data/constants.py).
 DEFAULT_CROP_PCT = 0.875
 DEFAULT_CROP_MODE = "center"
-CROP_MODES = ("center", "squash")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
 def read_hub_dir(directory: Path, strict: bool = True, **hints):
