@@ -12,7 +12,7 @@ beside the feature cache) under a folder named by the URL's hash, so two files o
 different places never collide; it is never asked for again. VITKIT_OFFLINE=1 or
 HF_HUB_OFFLINE=1 serves both from the caches only.
 
-Every failure is one DownloadError naming the problem and the way out, and leaves nothing
+Every failure to fetch is one DownloadError naming the problem and the way out, and leaves nothing
 half-written in either cache: downloads go to a temporary name and are checked (length,
 sha256 or git hash where known, the zip or safetensors structure) before being renamed into
 place, so the next call starts clean once the cause is gone. Nothing is unpickled here.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import re
 import urllib.error
@@ -219,6 +218,8 @@ def fetch_hub(spec: str, *, prefer_cache: bool = False) -> Path:
     """A repo's folder in the Hub cache holding config.json and its weights (and a transformers
     repo's preprocessor_config.json), or the one file the address names. A repo without
     config.json is taken for a file release: its one .npz."""
+    from vitkit.formats.hf import read_json
+
     repo, revision, filename = parse_hub(spec)
     hub = _Hub(spec, repo, revision, prefer_cache)
     if filename:
@@ -226,7 +227,7 @@ def fetch_hub(spec: str, *, prefer_cache: bool = False) -> Path:
     config_path = hub.file("config.json", optional=True)
     if config_path is None:
         return hub.file(hub.only_npz())
-    config = _json(config_path, spec)
+    config = read_json(config_path)
     if config.get("model_type", "vit") != "vit":  # refused before gigabytes of weights are fetched
         raise DownloadError(f"{spec} holds a transformers {config['model_type']!r} model; vitkit reads ViT repos "
                             "(model_type 'vit'), timm repos and repos holding an .npz")
@@ -238,22 +239,12 @@ def fetch_hub(spec: str, *, prefer_cache: bool = False) -> Path:
         raise DownloadError(f"{spec} has config.json but none of {', '.join(HUB_WEIGHTS)}; it holds no weights "
                             "vitkit reads")
     if name.endswith(".index.json"):
-        shards = _json(weights, spec).get("weight_map", {})
+        shards = read_json(weights).get("weight_map", {})
         for shard in sorted(set(shards.values()) if isinstance(shards, dict) else ()):
             hub.file(str(shard))
     if "model_type" in config:
         hub.file("preprocessor_config.json", optional=True)
     return config_path.parent
-
-
-def _json(path: Path, spec: str) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as e:
-        raise DownloadError(f"{spec}: {path.name} is not readable JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(value, dict):
-        raise DownloadError(f"{spec}: {path.name} is not a JSON object")
-    return value
 
 
 class _Hub:
