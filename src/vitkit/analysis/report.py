@@ -119,7 +119,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
     distances = patch_distances(cfg.grid_size, cfg.stem_stride)
     n = cfg.num_prefix_tokens
     total = torch.zeros(cfg.depth, cfg.num_heads, dtype=torch.float64)
-    maps = []
+    maps: dict[int, torch.Tensor] = {}  # by image index
     device = next(model.parameters()).device
     batch_size = attention_batch_size(cfg, batch_size)
     shown = examples_across_classes(labels, rollout_images, pixels.shape[0])
@@ -133,7 +133,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
             rows = [i - start for i in shown if start <= i < start + x.shape[0]]
             if rows:
                 batch_maps = rollout_maps(attn, n, out_i["grid"], cfg.pool, pooled_patch_weights(model, out_i))
-                maps += [(start + r, batch_maps[r]) for r in rows]
+                maps.update((start + r, batch_maps[r]) for r in rows)
                 predicted.update((start + r, int(out_i["logits"][r].argmax())) for r in rows)
             bar.update(x.shape[0])
     mad = (total / pixels.shape[0]).float()
@@ -153,8 +153,7 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
         result["notes"].append("rollout.png skipped: no images asked for (rollout_images=0)")
         write_json(out / "analysis.json", result)
         return result
-    by_index = dict(maps)
-    maps = torch.stack([by_index[i] for i in shown])
+    shown_maps = torch.stack([maps[i] for i in shown])
     query = rollout_query(cfg.pool)
     names = list(cfg.class_names) or [str(k) for k in range(cfg.num_classes)]
     result["rollout"] = {"query": query, "grid": list(cfg.grid_size), "images": shown,
@@ -166,9 +165,9 @@ def analyze(model, images: torch.Tensor | Sequence[torch.Tensor], out_dir: str |
         captions = [printable(t if t == p else f"{t} (model: {p})")  # matplotlib cannot draw every name
                     for t, p in zip(truth, result["rollout"]["predicted"])]
         result["rollout"]["labels"] = truth
-    plot_rollout(pixels[shown], maps, out / "rollout.png",
+    plot_rollout(pixels[shown], shown_maps, out / "rollout.png",
                  f"{model_name}: attention rollout ({query}; heat scaled to each map's maximum)", captions)
-    result["rollout"]["maps"] = rounded(maps, 8)
+    result["rollout"]["maps"] = rounded(shown_maps, 8)
     result["files"].append("rollout.png")
 
     write_json(out / "analysis.json", result)
