@@ -5,7 +5,8 @@
 (() => {
   const DISPLAY_SIDE = 448;  // pixels of the longer side of the drawn image
   const LAYER_STEP_MS = 700;
-  // matplotlib's tab10, the colours analyze's attention-distance plot gives its heads.
+  // matplotlib's tab10, the colours analyze's attention-distance plot gives the heads of a model
+  // with up to ten (past ten it takes tab20 and marker shapes; here the colours repeat).
   const HEAD_COLOURS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd',
                         '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
 
