@@ -83,6 +83,7 @@ def test_second_load_uses_the_cache(transformers_repo, hub, monkeypatch, images)
     hub.requests.clear()
     pinned = vitkit.load(f"hf-hub:google/tiny-vit@{commit}")
     assert hub.requests == []  # a commit is immutable: nothing is asked
+    assert pinned.config.name == "tiny-vit"  # the repo's name, without the revision
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     offline = vitkit.load("hf-hub:google/tiny-vit")
     assert hub.requests == []

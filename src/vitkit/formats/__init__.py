@@ -179,13 +179,16 @@ def read_checkpoint(path: str | os.PathLike, strict: bool = True, **hints
     (a non-square grid), posemb (a fixed embedding that is not stored). The metadata's
     "skipped" lists foreign tensors left out when strict=False. `path` may also be a release
     name (`vitkit models --pretrained`), hf-hub:OWNER/REPO[@REVISION][/FILE] or a URL."""
+    from vitkit import hub
+
     local, release = locate(path)
     cfg, state, meta = _read_any(local, strict, hints)
     _check_values(state, local)
     if release is not None:
         cfg = release.apply(cfg, str(path))
-    elif meta.get("format") == "hf" and str(path).startswith("hf-hub:"):
-        cfg = cfg.replace(name=str(path).split("/")[1].split("@")[0])  # not the cache's commit folder
+    elif meta.get("format") == "hf" and str(path).startswith(hub.HUB_PREFIX):
+        # Named by its repo, not by the cache's commit folder it was read from.
+        cfg = cfg.replace(name=hub.parse_hub(str(path))[0].split("/")[1])
     return cfg, state, meta
 
 
