@@ -69,7 +69,8 @@ def resize_and_crop(pixels: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     CenterCrop). Bilinear and bicubic shrink with antialiasing, as Pillow does for timm and
     transformers."""
     h, w = cfg.image_size
-    # The small epsilon keeps sizes such as 240 / (240 / 272) at 272 despite rounding.
+    # The small epsilon keeps a size that crop_pct was computed from (a processor's crop / size)
+    # whole: 384 / (384 / 450) is 449.99999999999994 in floating point.
     scaled = (math.floor(h / cfg.crop_pct + 1e-6), math.floor(w / cfg.crop_pct + 1e-6))
     height, width = pixels.shape[-2:]
     if cfg.crop_mode == "center":
