@@ -42,11 +42,14 @@ def test_predictions_equal_vitkit_predict_on_the_same_file(tmp_path, capsys, rel
         reply = client.predict(content, "photo.png")
     assert reply.status == 200, reply.body
     got = reply.json()["predictions"]
+    # Explore keeps the attention weights, predict takes the fused path: the probabilities agree to
+    # ~1e-6, and the classes are apart by far more, so the order is the same on any CPU.
+    probabilities = [p["prob"] for p in expected]
+    assert min(a - b for a, b in zip(probabilities, probabilities[1:])) > 1e-4
     assert [p["label"] for p in got] == [p["class"] for p in expected]
     assert [p["index"] for p in got] == [p["index"] for p in expected]
     for mine, theirs in zip(got, expected):
         assert mine["probability"] == pytest.approx(theirs["prob"], abs=1e-5)
-    assert len({round(p["probability"], 4) for p in got}) == 5  # a random head: distinct probabilities
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -295,10 +298,13 @@ def test_requests_that_pile_up_share_a_forward_and_get_their_own_answers():
         for t in threads:
             t.join(60)
     assert list(explorer.batcher.batch_sizes) == [1] * len(images) + [1, len(images) - 1]
+    # A batch's floats differ from a lone forward's in the last bits, which can swap near-tied
+    # classes: each class's probability is compared, whatever its rank (5 classes: all listed).
+    def by_label(answer):
+        return {p["label"]: p["probability"] for p in answer["predictions"]}
+
     for mine, reference in zip(answers, alone):
-        assert [p["label"] for p in mine["predictions"]] == [p["label"] for p in reference["predictions"]]
-        assert [p["probability"] for p in mine["predictions"]] == pytest.approx(
-            [p["probability"] for p in reference["predictions"]], abs=1e-5)
+        assert by_label(mine) == pytest.approx(by_label(reference), abs=1e-5)
         assert torch.allclose(torch.tensor(mine["rollout"]), torch.tensor(reference["rollout"]), atol=1e-5)
 
 
