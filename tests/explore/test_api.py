@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
@@ -45,7 +46,7 @@ def test_predictions_equal_vitkit_predict_on_the_same_file(tmp_path, capsys, rel
     # Explore keeps the attention weights, predict takes the fused path: the probabilities agree to
     # ~1e-6, and the classes are apart by far more, so the order is the same on any CPU.
     probabilities = [p["prob"] for p in expected]
-    assert min(a - b for a, b in zip(probabilities, probabilities[1:])) > 1e-4
+    assert min(a - b for a, b in itertools.pairwise(probabilities)) > 1e-4
     assert [p["label"] for p in got] == [p["class"] for p in expected]
     assert [p["index"] for p in got] == [p["index"] for p in expected]
     for mine, theirs in zip(got, expected):
