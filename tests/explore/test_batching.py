@@ -34,39 +34,36 @@ def _submit_all(batcher, values):
     return results, threads
 
 
-def test_a_lone_request_runs_at_once_and_piled_up_ones_run_together_in_order():
+def _pile_up(count, max_batch):
+    """`count` requests, the first held in its forward until the others are queued behind it in
+    order; returns the (closed) batcher, the forward and each request's result."""
     forward = HeldForward()
-    batcher = ForwardBatcher(forward, max_batch=8)
-    results, threads = _submit_all(batcher, range(5))
+    batcher = ForwardBatcher(forward, max_batch=max_batch)
+    results, threads = _submit_all(batcher, range(count))
     threads[0].start()
     assert forward.entered.wait(60)
-    for t in threads[1:]:
+    for queued, t in enumerate(threads[1:], start=1):
         t.start()
-        wait_until(lambda: batcher.waiting == threads.index(t))  # queued in this order
+        wait_until(lambda n=queued: batcher.waiting == n)
     forward.release.set()
     for t in threads:
         t.join(60)
     batcher.close()
+    return batcher, forward, {v: r.item() for v, r in results.items()}
+
+
+def test_a_lone_request_runs_at_once_and_piled_up_ones_run_together_in_order():
+    batcher, forward, results = _pile_up(5, max_batch=8)
     assert list(batcher.batch_sizes) == [1, 4]
     assert forward.batches[1].flatten().tolist() == [1.0, 2.0, 3.0, 4.0]
-    assert {v: r.item() for v, r in results.items()} == {v: 2.0 * v for v in range(5)}
+    assert results == {v: 2.0 * v for v in range(5)}
 
 
 def test_a_batch_takes_at_most_max_batch_requests():
-    forward = HeldForward()
-    batcher = ForwardBatcher(forward, max_batch=2)
-    results, threads = _submit_all(batcher, range(6))
-    threads[0].start()
-    assert forward.entered.wait(60)
-    for t in threads[1:]:
-        t.start()
-    wait_until(lambda: batcher.waiting == 5)
-    forward.release.set()
-    for t in threads:
-        t.join(60)
-    batcher.close()
+    batcher, forward, results = _pile_up(6, max_batch=2)
     assert list(batcher.batch_sizes) == [1, 2, 2, 1]
-    assert {v: r.item() for v, r in results.items()} == {v: 2.0 * v for v in range(6)}
+    assert [b.flatten().tolist() for b in forward.batches] == [[0.0], [1.0, 2.0], [3.0, 4.0], [5.0]]
+    assert results == {v: 2.0 * v for v in range(6)}
 
 
 def test_an_error_in_a_forward_reaches_each_request_of_that_batch_and_the_next_batch_runs():
