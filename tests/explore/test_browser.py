@@ -149,11 +149,19 @@ def served(tmp_path):
     explorer = Explorer(model, name="tiny.safetensors", samples=samples, sample_source="toy (test split)",
                         sample_classes=list(model.config.class_names))
     with serving(explorer) as (server, client):
-        yield server, client, model
+        yield server, client
+
+
+def _page_and_png(browser, served, tmp_path, size, seed):
+    """A tab on the served page, a PNG of `size` written under tmp_path, and the API's answer for it."""
+    server, client = served
+    image = tmp_path / f"photo-{seed}.png"
+    answer = client.predict(write_png(image, size=size, seed=seed)).json()
+    return Page(browser, server.address), client, image, answer
 
 
 def test_the_page_loads_without_errors_with_the_checkpoint_panels_and_a_sample(browser, served):
-    server, client, model = served
+    server, client = served
     page = Page(browser, server.address)
     page.expect(page.tab.locator("#true-label")).to_contain_text("True label: bee (sample 0)")
     expected = client.get("/api/sample/0").json()["predictions"]
@@ -166,11 +174,7 @@ def test_the_page_loads_without_errors_with_the_checkpoint_panels_and_a_sample(b
 
 
 def test_uploading_a_png_shows_the_class_names_and_draws_the_rollout(browser, served, tmp_path):
-    server, client, model = served
-    page = Page(browser, server.address)
-    image = tmp_path / "photo.png"
-    content = write_png(image, size=(30, 40), seed=7)
-    answer = client.predict(content).json()
+    page, client, image, answer = _page_and_png(browser, served, tmp_path, size=(30, 40), seed=7)
     page.upload(image)
     page.expect(page.tab.locator("#predictions .name")).to_have_text([p["label"] for p in answer["predictions"]])
     page.expect(page.tab.locator("#true-label")).to_be_hidden()
@@ -190,16 +194,12 @@ def test_uploading_a_png_shows_the_class_names_and_draws_the_rollout(browser, se
 
 
 def test_an_image_dragged_onto_the_page_is_run(browser, served, tmp_path):
-    server, client, model = served
-    page = Page(browser, server.address)
-    image = tmp_path / "dragged.png"
-    content = write_png(image, size=(20, 20), seed=9)
-    answer = client.predict(content).json()
+    page, _, image, answer = _page_and_png(browser, served, tmp_path, size=(20, 20), seed=9)
     transfer = page.tab.evaluate_handle("""(bytes) => {
         const transfer = new DataTransfer();
         transfer.items.add(new File([new Uint8Array(bytes)], 'dragged.png', {type: 'image/png'}));
         return transfer;
-    }""", list(content))
+    }""", list(image.read_bytes()))
     page.tab.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
     page.expect(page.tab.locator("#true-label")).to_be_hidden()  # an upload, not the sample shown first
     page.expect(page.tab.locator("#predictions .name")).to_have_text([p["label"] for p in answer["predictions"]])
@@ -207,11 +207,7 @@ def test_an_image_dragged_onto_the_page_is_run(browser, served, tmp_path):
 
 
 def test_clicking_a_patch_shows_where_it_attends_and_layer_and_head_redraw(browser, served, tmp_path):
-    server, client, model = served
-    page = Page(browser, server.address)
-    image = tmp_path / "photo.png"
-    content = write_png(image, size=(16, 16), seed=8)
-    answer = client.predict(content).json()
+    page, client, image, answer = _page_and_png(browser, served, tmp_path, size=(16, 16), seed=8)
     page.upload(image)
     page.tab.uncheck("#smooth")
     rollout = page.overlay()
