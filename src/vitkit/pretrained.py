@@ -133,8 +133,7 @@ def _paper_i21k(preset: str, file: str, size: str, patch: int) -> Release:
 
 
 def _paper_i1k(preset: str, file: str, image_size: int) -> Release:
-    suffix = "" if image_size == 384 else f"_{image_size}"
-    return Release(name=f"{preset}_i21k_i1k{suffix or '_384'}", preset=preset, image_size=image_size,
+    return Release(name=f"{preset}_i21k_i1k_{image_size}", preset=preset, image_size=image_size,
                    data=f"ImageNet-21k, fine-tuned on {IMAGENET_1K}", licence=GOOGLE_LICENCE, num_classes=1000,
                    source=VIT_MODELS + "imagenet21k%2Bimagenet2012/" + file,
                    preprocessing=GOOGLE_PREPROCESSING, where=VIT_README)
