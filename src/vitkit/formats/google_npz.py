@@ -135,7 +135,8 @@ _GROUP_NORM = re.compile(r"(?:.*/)?gn\w*/(?:scale|bias)")
 
 def squeeze_group_norms(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Flax before 0.3.6 stored GroupNorm scale and bias as (1, 1, 1, C), and the released hybrid
-    files (R50+ViT-B/16, ...) were written then; later files hold (C,). Both become (C,)."""
+    files (R50+ViT-B/16, ...) were written then; later files hold (C,). Both become (C,), as
+    vit_jax/checkpoint.py's _fix_groupnorm squeezes them for Flax 0.3.6 and later (flax issue 1721)."""
     return {k: v.reshape(-1) if _GROUP_NORM.fullmatch(k) and v.ndim == 4 and v.shape[:3] == (1, 1, 1) else v
             for k, v in arrays.items()}
 
