@@ -3,8 +3,8 @@ dynamic batch, for onnxruntime and other runtimes. Export only: an .onnx file is
 as a model.
 
 The file says what to feed it, in its metadata_props (onnxruntime:
-`session.get_modelmeta().custom_metadata_map`; docs/formats.md has a ten-line example that
-gives `vitkit predict`'s probabilities):
+`session.get_modelmeta().custom_metadata_map`; docs/formats.md has an example, run by the
+tests, that gives `vitkit predict`'s probabilities):
 
     vitkit.input        JSON: the input's name, shape, channel order and Pillow mode, how an
                         image is resized, and its scaling: (pixel / 255 - mean) / std per channel
