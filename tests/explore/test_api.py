@@ -147,6 +147,13 @@ def test_a_model_without_attention_layers_is_refused():
         Explorer(model)
 
 
+def test_bad_limits_are_refused_when_the_explorer_is_made():
+    with pytest.raises(vitkit.errors.ConfigValueError, match="max_upload_bytes must be positive, got 0"):
+        Explorer(make_model("token"), max_upload_bytes=0)
+    with pytest.raises(vitkit.errors.ConfigError, match="max_image_pixels must be a number of pixels"):
+        Explorer(make_model("token"), max_image_pixels=-1)
+
+
 def test_samples_of_the_data_come_with_their_true_labels():
     model = make_model("token")
     images = torch.randint(0, 256, (3, 1, 10, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -12,6 +12,7 @@ import torch
 from vitkit.analysis.report import attention_batch_size, rounded
 from vitkit.data.dataset import ImageSet
 from vitkit.data.images import resolve_pixel_limit
+from vitkit.errors import ConfigValueError
 from vitkit.evaluate.preprocess import resize_images
 from vitkit.explore.batching import ForwardBatcher
 from vitkit.explore.uploads import DEFAULT_MAX_UPLOAD_BYTES, RequestError, multipart_fields, read_upload
@@ -39,13 +40,12 @@ class Explorer:
         self.config = model.config
         resolve_pixel_limit(max_image_pixels)  # a bad limit fails here, not on the first upload
         if max_upload_bytes < 1:
-            raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
+            raise ConfigValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
         self.max_upload_bytes = max_upload_bytes
         self.max_image_pixels = max_image_pixels
         self.summary = model_summary(model, name)
-        self.device = next(model.parameters()).device
         self.samples = samples
-        self.summary["device"] = str(self.device)
+        self.summary["device"] = str(next(model.parameters()).device)
         self.summary["samples"] = None if samples is None else {
             "count": len(samples), "source": sample_source, "classes": list(sample_classes or [])}
         self.summary["max_upload_bytes"] = max_upload_bytes
