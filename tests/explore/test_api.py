@@ -351,3 +351,20 @@ def test_an_upload_without_a_length_gets_411_and_the_server_goes_on(token_server
     assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
     connection.close()
     assert client.predict(write_png_bytes()).status == 200
+
+
+def test_a_fault_in_the_model_is_a_500_printed_on_stderr_and_the_server_goes_on(capsys):
+    def exploding(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    model = make_model("token")
+    forward = model.forward_intermediates
+    with serving(Explorer(model)) as (_, client):
+        model.forward_intermediates = exploding
+        broken = client.predict(write_png_bytes())
+        model.forward_intermediates = forward
+        after = client.predict(write_png_bytes())
+    assert broken.status == 500
+    assert broken.json() == {"error": "internal error: RuntimeError: kernel exploded"}
+    assert "error serving POST /api/predict: RuntimeError: kernel exploded" in capsys.readouterr().err
+    assert after.status == 200 and len(after.json()["predictions"]) == 5
