@@ -7,7 +7,9 @@ Inputs are NHWC in [-1, 1]. Nothing here imports vitkit."""
 
 from __future__ import annotations
 
+import io
 import math
+import re
 
 import numpy as np
 
@@ -115,6 +117,19 @@ def stack_blocks(p: dict) -> dict:
     for rest, per in blocks.items():
         out[f"Transformer/encoderblock/{rest}"] = np.stack([per[i] for i in sorted(per)])
     return out
+
+
+def as_old_flax(p: dict) -> dict:
+    """GroupNorm scales and biases as (1, 1, 1, C): how Flax before 0.3.6 stored them, and so
+    how the released hybrid files (R50+ViT-B/16, ...) hold them."""
+    return {k: v.reshape(1, 1, 1, -1) if re.fullmatch(r"(.*/)?gn\w*/(scale|bias)", k) else v for k, v in p.items()}
+
+
+def npz_bytes(p: dict) -> bytes:
+    """The arrays as an .npz file's bytes, as np.savez writes them."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **p)
+    return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------- forward

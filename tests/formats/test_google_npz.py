@@ -1,8 +1,6 @@
 """Google .npz checkpoints (original vit_jax and big_vision layouts) load with the Flax
 model's own numerics: logits match an independent float64 reference within 1e-5."""
 
-import re
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,7 @@ import vitkit
 from vitkit.errors import CheckpointError
 
 from .conftest import rel_diff
-from .google_reference import forward, make_params, stack_blocks
+from .google_reference import as_old_flax, forward, make_params, stack_blocks
 
 TOL = 1e-5
 
@@ -45,10 +43,7 @@ def test_original_layout_matches_flax_reference(tmp_path, images, pool, rep):
 @pytest.mark.parametrize("old_flax", [False, True])
 def test_original_hybrid_resnet_stem_matches_flax_reference(tmp_path, images, old_flax):
     params = make_params("original", hybrid=(1, 2), patch=1, grid=(4, 4), seed=1)
-    # The released hybrid files were written by flax before 0.3.6, which kept GroupNorm scale
-    # and bias as (1, 1, 1, C); later files hold (C,).
-    group_norm = re.compile(r"(.*/)?gn\w*/(scale|bias)")
-    saved = {k: v.reshape(1, 1, 1, -1) if group_norm.fullmatch(k) else v for k, v in params.items()}
+    saved = as_old_flax(params)
     assert sum(v.shape[:3] == (1, 1, 1) for v in saved.values()) == 24  # root + 2 units of 4, 1 of 3
     model = check(tmp_path, images, params, "original", saved=saved if old_flax else None)
     assert model.config.stem == "resnet" and model.config.resnet_layers == (1, 2)

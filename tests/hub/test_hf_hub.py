@@ -4,9 +4,7 @@ timm-semantics reference's, repos holding an official .npz the Flax reference's;
 revisions and offline mode behave as huggingface_hub defines them, and every failure is one
 DownloadError that leaves no partial file in the cache."""
 
-import io
 import json
-import re
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ from vitkit.pretrained import imagenet_class_names
 
 from ..formats.conftest import rel_diff
 from ..formats.google_reference import forward as flax_forward
-from ..formats.google_reference import make_params
+from ..formats.google_reference import as_old_flax, make_params, npz_bytes
 from ..formats.timm_reference import forward as timm_forward
 from ..formats.timm_reference import make_state
 from .conftest import cache_files
@@ -132,17 +130,9 @@ def test_timm_repo_of_other_data_gets_no_imagenet_names(hub):
     assert vitkit.load("hf-hub:timm/vit_tiny.augreg_in21k").config.class_names == ()
 
 
-def npz_bytes(params) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **params)
-    return buffer.getvalue()
-
-
 def test_repo_holding_an_official_npz(hub, monkeypatch, images):
     params = make_params("original", hybrid=(1, 2), patch=1, grid=(4, 4), seed=4)
-    old_flax = {k: v.reshape(1, 1, 1, -1) if re.fullmatch(r"(.*/)?gn\w*/(scale|bias)", k) else v
-                for k, v in params.items()}
-    hub.add_repo("google/vit-npz", {"R50+ViT-B_16.npz": npz_bytes(old_flax), "README.md": b"# weights\n"})
+    hub.add_repo("google/vit-npz", {"R50+ViT-B_16.npz": npz_bytes(as_old_flax(params)), "README.md": b"# weights\n"})
     ref = flax_forward(params, images.permute(0, 2, 3, 1).numpy(), "original")
     for spec in ("hf-hub:google/vit-npz", "hf-hub:google/vit-npz/R50+ViT-B_16.npz"):
         with torch.no_grad():

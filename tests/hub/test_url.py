@@ -3,8 +3,6 @@ and reads it from there; every failure is one DownloadError that leaves the cach
 the next call succeeds once the cause is gone."""
 
 import hashlib
-import io
-import re
 
 import numpy as np
 import pytest
@@ -16,16 +14,10 @@ from vitkit.cli.main import main
 from vitkit.errors import DownloadError
 
 from ..formats.conftest import rel_diff
-from ..formats.google_reference import forward, make_params
+from ..formats.google_reference import as_old_flax, forward, make_params, npz_bytes
 from .conftest import cache_files
 
 TOL = 1e-5
-
-
-def npz_bytes(params) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **params)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -33,10 +25,8 @@ def bucket(hub):
     """An official-layout hybrid .npz (GroupNorm stored (1, 1, 1, C), as the released hybrid
     files are) served at <endpoint>/vit_models/imagenet21k/R50+ViT-B_16.npz."""
     params = make_params("original", hybrid=(1, 2), patch=1, grid=(4, 4), seed=7)
-    saved = {k: v.reshape(1, 1, 1, -1) if re.fullmatch(r"(.*/)?gn\w*/(scale|bias)", k) else v
-             for k, v in params.items()}
     path = "/vit_models/imagenet21k/R50+ViT-B_16.npz"
-    hub.files[path] = npz_bytes(saved)
+    hub.files[path] = npz_bytes(as_old_flax(params))
     return hub, hub.url + "/vit_models/imagenet21k/R50%2BViT-B_16.npz", path, params
 
 
