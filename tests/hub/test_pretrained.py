@@ -161,3 +161,25 @@ def test_fine_tuning_a_release_by_name_is_one_command(release, tmp_path, capsys)
     assert main(["predict", summary["checkpoint"], str(digit), "--topk", "1", "--json"]) == 0
     top = json.loads(capsys.readouterr().out)["predictions"][0]["top"][0]
     assert top["class"] in cfg.class_names
+
+
+def test_the_table_in_docs_formats_md_is_the_registry():
+    """docs/formats.md's table of released checkpoints states what the registry holds, row by
+    row, so that neither changes without the other."""
+    from pathlib import Path
+
+    from vitkit.cli.models_cmd import _builds
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text()
+    section = docs.split("## Released checkpoints", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| `")]
+    assert [row[0].strip("`") for row in rows] == list(RELEASES)
+    for name, builds, res, data, classes, params, licence, source in rows:
+        release = RELEASES[name.strip("`")]
+        link = re.fullmatch(r"\[`[^`]+`\]\(([^)]+)\)|`([^`]+)`", source)
+        assert link, source
+        assert (builds.strip("`"), int(res), data, classes, params, licence, link.group(1) or link.group(2)) == (
+            _builds(release.preset, release.options), release.image_size, release.data,
+            "" if release.num_classes is None else str(release.num_classes), release.params or "",
+            release.licence, release.source), name
