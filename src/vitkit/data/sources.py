@@ -53,7 +53,7 @@ def load_data(spec: DataSpec | str | os.PathLike = "digits", *, image_size: int 
     folder's images take its most common size and are grey only if every file is grey.
     """
     data = DataSpec.of(spec, **options)
-    check_split_options(data.val_fraction, data.test_fraction, channels)
+    check_channels(channels, images_own=True)
     spec, split_seed = data.source, data.split_seed
     skip_bad_images, max_image_pixels = data.skip_bad_images, data.max_image_pixels
     size = target_size(image_size, max_image_pixels)
@@ -94,8 +94,7 @@ def read_images(paths: Sequence[str | Path], image_size: int | Sequence[int], ch
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"{len(missing)} image file(s) not found: {', '.join(str(p) for p in missing[:5])}")
-    if channels not in (1, 3):
-        raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), not {channels}")
+    check_channels(channels)
     with pixel_limit(max_image_pixels):
         images, _, bad = decode_all(paths, target_size(image_size, max_image_pixels), channels, quiet)
     raise_if_bad(bad, "the given files", skip_hint=False)
@@ -107,8 +106,7 @@ def read_image_files(paths: Sequence[str | Path], channels: int = 3, *, max_imag
     """Image files as (C, H, W) uint8 tensors, each at its own size; `max_image_pixels` as for
     load_data."""
     paths = [Path(p).expanduser() for p in paths]
-    if channels not in (1, 3):
-        raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), not {channels}")
+    check_channels(channels)
     images, bad = [], {}
     with pixel_limit(max_image_pixels):
         for path in paths:
@@ -120,11 +118,9 @@ def read_image_files(paths: Sequence[str | Path], channels: int = 3, *, max_imag
     return images
 
 
-def check_split_options(val_fraction: float, test_fraction: float, channels: int | None) -> None:
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ConfigError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
-                          "and leave some images for training")
-    if channels not in (None, 1, 3):
+def check_channels(channels: int | None, *, images_own: bool = False) -> None:
+    """1 (grey) or 3 (RGB), or with `images_own` None (the images' own channels)."""
+    if channels not in ((None, 1, 3) if images_own else (1, 3)):
         raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), not {channels}")
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigValueError
+from vitkit.fields import check_fields
 
 # Fields that older configs (and keyword arguments) give beside the source, not inside a spec.
 SPLIT_FIELDS = ("split_seed", "val_fraction", "test_fraction", "skip_bad_images", "max_image_pixels")
@@ -36,25 +37,18 @@ class DataSpec:
     def __post_init__(self) -> None:
         if isinstance(self.source, os.PathLike):
             object.__setattr__(self, "source", os.fspath(self.source))
-        if not isinstance(self.source, str) or not self.source:
-            raise ConfigError(f"the data source must be a name or a path, not {self.source!r}")
-        for name in ("split_seed",):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
-                raise ConfigError(f"{name} must be an integer, not {getattr(self, name)!r}")
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name} must be a number, not {value!r}")
-            object.__setattr__(self, name, float(value))
-        if not isinstance(self.skip_bad_images, bool):
-            raise ConfigError(f"skip_bad_images must be true or false, not {self.skip_bad_images!r}")
-        limit = self.max_image_pixels
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise ConfigError(f"max_image_pixels must be a number of pixels, 0 for no limit; got {limit!r}")
+        check_fields(type(self), dataclasses.asdict(self), "data")
+        object.__setattr__(self, "val_fraction", float(self.val_fraction))
+        object.__setattr__(self, "test_fraction", float(self.test_fraction))
+        if not self.source:
+            raise ConfigValueError("the data source must be a name or a path, not empty")
+        if self.max_image_pixels is not None and self.max_image_pixels < 0:
+            raise ConfigValueError(f"max_image_pixels must be a number of pixels, 0 for no limit; got "
+                                   f"{self.max_image_pixels}")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
                 and self.val_fraction + self.test_fraction < 1):
-            raise ConfigError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} must be "
-                              "in [0, 1) and leave some images for training")
+            raise ConfigValueError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} must "
+                                   "be in [0, 1) and leave some images for training")
 
     @classmethod
     def of(cls, value: "DataSpec | str | os.PathLike | dict[str, Any]", **changes) -> "DataSpec":
@@ -63,10 +57,7 @@ class DataSpec:
         if isinstance(value, cls):
             spec = value
         elif isinstance(value, dict):
-            unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
-            if unknown:
-                raise ConfigError(f"unknown data option(s): {', '.join(map(str, unknown))}")
-            spec = cls(**value)
+            spec = cls(**check_fields(cls, value, "data"))
         else:
             spec = cls(source=value)
         return dataclasses.replace(spec, **changes) if changes else spec

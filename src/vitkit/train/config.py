@@ -245,9 +245,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"a training config must be a mapping of option: value, not {type(d).__name__}")
         d = _upgrade(d)
-        data = d.get("data", {})
-        check_fields(DataSpec, data if isinstance(data, dict) else {"source": data}, "data")
-        d = {**d, "data": DataSpec.of(data)}
+        d = {**d, "data": DataSpec.of(d.get("data", {}))}
         check_fields(cls, d, "training")
         check_fields(ModelConfig, d.get("model_options", {}), "model")
         check_fields(AugmentConfig, d.get("augment", {}), "augmentation")
