@@ -28,6 +28,13 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def parameters_of(cfg: ModelConfig) -> int:
+    """Parameters of the model a config builds, built on the meta device (no memory, no
+    initialisation cost)."""
+    with torch.device("meta"):
+        return count_parameters(VisionTransformer(cfg))
+
+
 def forward_flops(cfg: ModelConfig) -> int:
     """FLOPs (2 per multiply-add) of one forward pass on one image, counting matrix products,
     convolutions and attention; norms and activations are left out as negligible."""
@@ -73,4 +80,4 @@ def _resnet_macs(cfg: ModelConfig) -> int:
 
 
 __all__ = ["ModelConfig", "VisionTransformer", "create_model", "list_models",
-           "count_parameters", "forward_flops"]
+           "count_parameters", "forward_flops", "parameters_of"]

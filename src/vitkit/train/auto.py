@@ -18,6 +18,7 @@ from vitkit.data.dataset import DataSplits
 from vitkit.data.shards import ShardedSplits, default_workers
 from vitkit.errors import ConfigError
 from vitkit.formats import load as load_checkpoint
+from vitkit.models import parameters_of
 from vitkit.models.config import ModelConfig, as_pair
 from vitkit.models.presets import preset_config
 from vitkit.objectives.distill import DEFAULT_ALPHA, DEFAULT_TAU
@@ -74,7 +75,7 @@ def init_model_config(cfg: TrainConfig, data: DataSplits | ShardedSplits, init: 
     size = as_pair(options.pop("image_size", None) or cfg.image_size or init.image_size)
     model = init.replace(image_size=size, num_classes=classes, class_names=() if cfg.pretraining
                          else tuple(data.class_names), interpolation=None, crop_pct=None, crop_mode=None, **options)
-    params = sum(p.numel() for p in _meta_model(model).parameters())
+    params = parameters_of(model)
     h, w = size
     notes.append(f"model: the --init checkpoint {cfg.init}: width {model.width}, depth {model.depth}, "
                  f"{model.num_heads} heads, patch {model.patch_size}{' on a ResNet stem' if model.stem == 'resnet' else ''}, "
@@ -100,23 +101,19 @@ def init_model_config(cfg: TrainConfig, data: DataSplits | ShardedSplits, init: 
     return model
 
 
-def _meta_model(cfg: ModelConfig):
-    import torch
-
-    from vitkit.models.vit import VisionTransformer
-
-    with torch.device("meta"):
-        return VisionTransformer(cfg)
-
-
 # A round trip through images f times smaller that loses less than this share of their variance
 # says they hold no more detail than that smaller size: they were upscaled (or are that smooth).
-# Measured (docs/training.md): the digits upscaled 2x, 4x and 8x lose at most 1.6%, 2.0% and 2.1%
-# there (nearest, bilinear, bicubic, Lanczos); images with detail at their own size lose 6-30%
-# at f = 2 (the digits at 8x8, the LFW faces at 25x25, whole scenes at 32x32), crops of large
-# photos 1.2% at f = 2 and 3.1% at f = 4.
+# Measured (benchmarks/detail_loss.py): the digits upscaled 2x, 4x and 8x lose at most 1.6%, 2.0%
+# and 2.1% there (nearest, bilinear, bicubic, Lanczos); images with detail at their own size lose
+# 5.8-33% at f = 2 (the LFW faces at 25x25, whole scenes at 32x32, the digits at 8x8), crops of
+# large photos 1.2% at f = 2 and 3.05% at f = 4.
 DETAIL_LOSS_LIMIT = 0.025
 DETAIL_SAMPLE = 256
+
+
+def even_sample(images: torch.Tensor) -> torch.Tensor:
+    """Up to DETAIL_SAMPLE images spread evenly over a set (the same ones every time)."""
+    return images[torch.linspace(0, images.shape[0] - 1, min(DETAIL_SAMPLE, images.shape[0])).long()]
 
 
 def detail_loss(images: torch.Tensor, factor: int) -> float:
@@ -137,7 +134,7 @@ def detail_size(images: torch.Tensor, size: tuple[int, int]) -> tuple[tuple[int,
     """The smallest size (H / f, W / f), f = 1..8 dividing both sides, at least 8 pixels a side,
     that keeps the training images' detail (`detail_loss` under DETAIL_LOSS_LIMIT, on an even
     sample of up to 256 of them), and the share of variance lost there."""
-    sample = images[torch.linspace(0, images.shape[0] - 1, min(DETAIL_SAMPLE, images.shape[0])).long()]
+    sample = even_sample(images)
     best, lost = size, 0.0
     for factor in range(2, 9):
         if min(size) // factor < 8:
@@ -157,7 +154,7 @@ def image_channels(data: DataSplits | ShardedSplits) -> int:
     if data.channels != 3 or not isinstance(data, DataSplits) or not len(data.train):
         return data.channels
     images = data.train.images
-    sample = images[torch.linspace(0, images.shape[0] - 1, min(DETAIL_SAMPLE, images.shape[0])).long()]
+    sample = even_sample(images)
     return 1 if bool((sample[:, 0] == sample[:, 1]).all() and (sample[:, 1] == sample[:, 2]).all()) else 3
 
 

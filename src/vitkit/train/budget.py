@@ -11,7 +11,7 @@ import torch
 
 from vitkit.objectives.base import Draws
 from vitkit.train.config import TrainConfig
-from vitkit.train.optim import build_optimizer
+from vitkit.train.optim import run_optimizer
 
 TIMED_STEPS = 5
 WARMUP_STEPS = 2
@@ -25,9 +25,7 @@ def epoch_seconds(step_module: torch.nn.Module, cfg: TrainConfig, augment: Calla
     image. The run's own weights and random streams are left as they were."""
     device = images.device
     step = copy.deepcopy(step_module)
-    own = step.objective if any(True for _ in step.objective.parameters()) else None
-    optimizer = build_optimizer(step.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.betas,
-                                extra=own, layer_decay=cfg.layer_decay)
+    optimizer = run_optimizer(cfg, step)
     cuda = [device] if device.type == "cuda" else []
     times = []
     with torch.random.fork_rng(devices=cuda):

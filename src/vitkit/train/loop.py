@@ -46,8 +46,9 @@ from vitkit.train.distributed import Distributed, end_process_group, owns_proces
 from vitkit.train.evaluation import classifier_test, split_sums
 from vitkit.train.guards import MAX_SKIPPED_IN_A_ROW, NonFiniteLoss, NonFiniteWatch, StopSignals
 from vitkit.train.init_model import build_model
-from vitkit.train.optim import EMA, build_optimizer, lr_factor, set_lr
+from vitkit.train.optim import EMA, lr_factor, run_optimizer, set_lr
 from vitkit.train.run import RunFolder
+from vitkit.train.state import restore_rng
 from vitkit.train.step import TrainingStep
 
 
@@ -135,9 +136,7 @@ class Trainer:
         self.model.to(self.device)
         self.step_module = TrainingStep(self.model, self.objective)
         trained = self.dist.wrap(self.step_module, self.cfg.fsdp)
-        own = self.objective if any(True for _ in self.objective.parameters()) else None
-        self.optimizer = build_optimizer(self.model, self.cfg.optimizer, self.cfg.lr, self.cfg.weight_decay,
-                                         self.cfg.momentum, self.cfg.betas, extra=own, layer_decay=self.cfg.layer_decay)
+        self.optimizer = run_optimizer(self.cfg, self.step_module)
         self.ema = EMA(self.model, self.cfg.ema) if self.cfg.ema > 0 else None
         aug_cfg = AugmentConfig(**self.cfg.augment, label_smoothing=self.cfg.label_smoothing)
         self.augment = Augmenter(aug_cfg, self.data.num_classes, self.model.config.image_size,
@@ -244,8 +243,6 @@ class Trainer:
         if self.dist.is_main:
             if self.ema is not None and state["ema"] is not None:
                 self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
-            from vitkit.train.state import restore_rng
-
             restore_rng(*state["rng"])
         if self.ema is not None:
             self.dist.broadcast_(self.ema.shadow.values())

@@ -68,6 +68,13 @@ def build_optimizer(model: VisionTransformer, name: str, lr: float, weight_decay
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device in ("cpu", "cuda") or None)
 
 
+def run_optimizer(cfg, step: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimiser a run's config asks for (a `TrainConfig`), of a TrainingStep's model and its
+    objective's own parameters."""
+    return build_optimizer(step.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.betas,
+                           extra=step.objective, layer_decay=cfg.layer_decay)
+
+
 def muon_groups(model: VisionTransformer, weight_decay: float, extra: torch.nn.Module | None = None,
                 layer_decay: float | None = None) -> list[dict]:
     """`param_groups` with the weight matrices of the transformer blocks' linear layers
