@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from vitkit.cli.options import add_image_limit_flag
+from vitkit.cli.options import add_data_flags, data_spec
 from vitkit.errors import ConfigError
 
 DEFAULT_PORT = 8765
@@ -21,9 +21,8 @@ def register(sub, parent) -> None:
                                    "attention distance, position-embedding similarity and patch-embedding "
                                    "filters. Scripts POST images to /api/predict (docs/explore.md).")
     p.add_argument("checkpoint", help="model file (any format vitkit loads)")
-    p.add_argument("--data", default=None, help="data set spec whose samples the page offers, with their true labels")
     p.add_argument("--split", default="test", choices=("train", "val", "test"),
-                   help="split of --data to offer (default test)")
+                   help="split of --data whose samples the page offers, with their true labels (default test)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
@@ -31,7 +30,7 @@ def register(sub, parent) -> None:
     p.add_argument("--max-batch", type=int, default=8,
                    help="requests that pile up are run in one forward pass, at most this many (default 8)")
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload taken, in MiB (default 32)")
-    add_image_limit_flag(p)
+    add_data_flags(p)
     p.set_defaults(func=run)
 
 
@@ -53,15 +52,16 @@ def run(args) -> int:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     device = pick_device(args.device)
     model = load(args.checkpoint).to(device)
+    spec = data_spec(args)
     samples = classes = source = None
-    if args.data:
-        splits = load_data(args.data, max_image_pixels=args.max_image_pixels, quiet=args.quiet)
+    if hasattr(args, "data_source"):  # samples only from data the user names
+        splits = load_data(spec, quiet=args.quiet)
         samples, classes = splits.split(args.split), splits.class_names
-        source = f"{args.data} ({args.split} split)"
+        source = f"{spec.source} ({args.split} split)"
     explorer = Explorer(model, name=Path(args.checkpoint).name, samples=samples, sample_classes=classes,
                         sample_source=source, max_batch=args.max_batch,
                         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                        max_image_pixels=args.max_image_pixels)
+                        max_image_pixels=spec.max_image_pixels)
     try:
         server = ExploreServer(explorer, args.host, args.port, debug=args.debug)
     except OSError as e:
