@@ -130,7 +130,14 @@ def test_a_teacher_without_distill_kind_is_refused(tmp_path, capsys):
     assert "--distill soft|hard" in capsys.readouterr().err
 
 
-def test_labels_options_are_refused_by_pretraining(tmp_path, capsys):
-    assert main(["pretrain", "--objective", "mpp", "--config", "/nonexistent.yaml", "--quiet"]) == 2
-    with pytest.raises(vitkit.errors.ConfigError, match="pre-trains without them"):
+def test_options_that_need_labels_are_refused_by_pretraining(tmp_path, capsys):
+    # On the command line pretrain has no such flags; in a config (or from Python) they are refused.
+    with pytest.raises(SystemExit) as refused:
+        main(["pretrain", "--adversarial", "pgd", "--out", str(tmp_path / "a"), "--quiet"])
+    assert refused.value.code == 2 and "unrecognized arguments: --adversarial pgd" in capsys.readouterr().err
+    (tmp_path / "distill.yaml").write_text("objective: mpp\nteacher: t.safetensors\ndistill: soft\n")
+    assert main(["pretrain", "--config", str(tmp_path / "distill.yaml"), "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("vitkit pretrain: error: ") and not (tmp_path / "b").exists()
+    with pytest.raises(vitkit.errors.ConfigError, match="--adversarial train\\(s\\) a classifier on labels; the "
+                                                        "mae objective pre-trains without them"):
         TrainConfig(objective="mae", adversarial="pgd")

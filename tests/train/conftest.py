@@ -18,3 +18,18 @@ def no_plots(monkeypatch):
 
     monkeypatch.setattr(vitkit.train.plots, "plot_curves", lambda *args: None)
     monkeypatch.setattr(vitkit.train.plots, "plot_confusion", lambda *args, **kwargs: None)
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory):
+    """A fixed ViT teacher for 8x8 grey images of 4 classes (random weights with a non-zero head,
+    so that it has opinions), for the distillation runs."""
+    import torch
+
+    import vitkit
+
+    torch.manual_seed(1)
+    model = vitkit.create_model("custom", image_size=8, patch_size=4, in_chans=1, num_classes=4, width=16,
+                                depth=1, num_heads=2, mlp_dim=16)
+    torch.nn.init.normal_(model.head.weight)
+    return vitkit.save(model, tmp_path_factory.mktemp("teacher") / "teacher.safetensors")

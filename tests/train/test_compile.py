@@ -9,12 +9,10 @@ no minutes of inductor compilation per test); what matters here is what reaches 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
-import vitkit
 import vitkit.train.loop as loop
 from train_runs import tiny_config
 from vitkit.objectives.base import Draws
@@ -33,15 +31,6 @@ OBJECTIVES = {
 # Model forward passes per step: the attack's (a gradient per step, then the final iterate),
 # then the loss on the attacked and on the clean batch.
 FORWARDS = {"supervised": 1, "distill": 1, "pgd": 2 + 1 + 2, "mpp": 1, "mae": 1}
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    torch.manual_seed(3)
-    model = vitkit.create_model("custom", image_size=8, patch_size=4, in_chans=1, num_classes=4, width=16,
-                                depth=1, num_heads=2, mlp_dim=16)
-    torch.nn.init.normal_(model.head.weight)
-    return vitkit.save(model, tmp_path_factory.mktemp("teacher") / "teacher.safetensors")
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES))

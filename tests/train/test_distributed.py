@@ -175,18 +175,6 @@ OBJECTIVES = {
 }
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    """A fixed ViT teacher for the stripes (random weights with a non-zero head: opinions)."""
-    import vitkit
-
-    torch.manual_seed(1)
-    model = vitkit.create_model("custom", image_size=8, patch_size=4, in_chans=1, num_classes=4, width=16,
-                                depth=1, num_heads=2, mlp_dim=16)
-    torch.nn.init.normal_(model.head.weight)
-    return vitkit.save(model, tmp_path_factory.mktemp("teacher") / "teacher.safetensors")
-
-
 def objective_flags(objective: str, teacher: Path) -> tuple[str, list[str]]:
     command, extra = OBJECTIVES[objective]
     flags = PRETRAIN_FLAGS if command == "pretrain" else FLAGS

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import vitkit
 from test_interruptions import assert_killed, killable
 from train_runs import CHECKPOINTS, progress, run_tensors, temporaries, tiny_flags
 
@@ -23,15 +22,6 @@ OBJECTIVES = {
     "distill": ["train", "--distill", "soft"],
     "pgd": ["train", "--adversarial", "pgd", "--adv-steps", "2"],
 }
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    torch.manual_seed(2)
-    model = vitkit.create_model("custom", image_size=8, patch_size=4, in_chans=1, num_classes=4, width=16,
-                                depth=1, num_heads=2, mlp_dim=16)
-    torch.nn.init.normal_(model.head.weight)
-    return vitkit.save(model, tmp_path_factory.mktemp("teacher") / "teacher.safetensors")
 
 
 def command(objective: str, data: Path, out: Path, teacher: Path) -> list:

@@ -15,14 +15,11 @@ import torch
 from safetensors import SafetensorError
 
 import vitkit
-from train_runs import UPDATES, assert_same_run, progress, temporaries, tiny_config
+from train_runs import (UPDATES, Killed, assert_same_run, progress, temporaries, tiny_config,
+                        train_killed_after_update)
 from vitkit.errors import CheckpointError, SaveError, StoppedBySignal
 from vitkit.train import TrainConfig, Trainer, train
 from vitkit.train.run import RunFolder
-
-
-class Killed(BaseException):
-    """Stands in for SIGKILL: nothing after it runs (no except clause catches a BaseException)."""
 
 
 pytestmark = pytest.mark.usefixtures("no_plots")
@@ -36,22 +33,6 @@ def reference(tiny_npz, tmp_path_factory):
     return out
 
 
-def train_killed_after_update(monkeypatch, tiny_npz, out, k: int) -> None:
-    """Start the tiny run in `out` and "kill" it right after optimiser update `k`."""
-    original = Trainer._update
-
-    def update_then_die(self, *args):
-        applied = original(self, *args)
-        if self.progress["update"] == k:
-            raise Killed
-        return applied
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_update", update_then_die)
-        with pytest.raises(Killed):
-            train(tiny_config(tiny_npz, out), quiet=True)
-
-
 def resume(out, **kwargs) -> dict:
     return train(TrainConfig(out=str(out)), resume=True, quiet=True, **kwargs)
 
@@ -63,7 +44,7 @@ def resume(out, **kwargs) -> dict:
 def test_a_run_interrupted_after_any_update_resumes_bit_identical(tiny_npz, reference, tmp_path, monkeypatch,
                                                                   k, saved):
     out = tmp_path / "run"
-    train_killed_after_update(monkeypatch, tiny_npz, out, k)
+    train_killed_after_update(monkeypatch, tiny_config(tiny_npz, out), k)
     last = out / "checkpoints/last.safetensors"
     assert (progress(last)["update"] if last.exists() else None) == saved
     resume(out)
@@ -75,7 +56,7 @@ def test_a_run_interrupted_after_any_update_resumes_bit_identical(tiny_npz, refe
 
 def test_a_mid_epoch_checkpoint_holds_the_step_the_sums_and_the_rng(tiny_npz, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    train_killed_after_update(monkeypatch, tiny_npz, out, 14)
+    train_killed_after_update(monkeypatch, tiny_config(tiny_npz, out), 14)
     # Epoch 1 has 11 updates; update 12 ends the first two-step group of epoch 2.
     p = progress(out / "checkpoints/last.safetensors")
     assert (p["epoch"], p["step"], p["update"]) == (1, 2, 12)
@@ -89,7 +70,7 @@ def test_a_mid_epoch_checkpoint_holds_the_step_the_sums_and_the_rng(tiny_npz, tm
 
 def test_the_progress_bar_resumes_at_the_image_reached(tiny_npz, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    train_killed_after_update(monkeypatch, tiny_npz, out, 14)
+    train_killed_after_update(monkeypatch, tiny_config(tiny_npz, out), 14)
     bars = []
     import vitkit.train.loop as loop
 
@@ -107,7 +88,7 @@ def test_the_progress_bar_resumes_at_the_image_reached(tiny_npz, tmp_path, monke
 def test_a_run_killed_before_its_first_checkpoint_starts_afresh_with_a_note(tiny_npz, reference, tmp_path,
                                                                              monkeypatch, capsys):
     out = tmp_path / "run"
-    train_killed_after_update(monkeypatch, tiny_npz, out, 2)
+    train_killed_after_update(monkeypatch, tiny_config(tiny_npz, out), 2)
     assert not (out / "checkpoints/last.safetensors").exists()
     capsys.readouterr()
     resume(out)
@@ -243,7 +224,7 @@ def test_an_unwritable_checkpoint_folder_stops_the_run_with_the_reason(tiny_npz,
 
 def test_stale_temporaries_of_a_killed_save_are_removed_on_resume(tiny_npz, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    train_killed_after_update(monkeypatch, tiny_npz, out, 4)
+    train_killed_after_update(monkeypatch, tiny_config(tiny_npz, out), 4)
     stale = [out / "checkpoints/.last.safetensors.abc123_x.tmp", out / ".metrics.jsonl.k9x2m1q0.tmp"]
     for path in stale:
         path.write_bytes(b"half a file")

@@ -20,17 +20,13 @@ import torch
 from PIL import Image
 
 import vitkit
-from train_runs import tiny_config
+from train_runs import tiny_config, train_killed_after_update
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.train import TrainConfig, Trainer, train
 from vitkit.train.run import RunFolder
 
 pytestmark = pytest.mark.usefixtures("no_plots")
 SRC = str(Path(vitkit.__file__).resolve().parents[1])
-
-
-class Killed(BaseException):
-    pass
 
 
 def write_folder(root: Path, classes: int = 3, per_class: int = 12) -> Path:
@@ -40,21 +36,6 @@ def write_folder(root: Path, classes: int = 3, per_class: int = 12) -> Path:
         for i in range(per_class):
             Image.fromarray((rng.integers(0, 60, (8, 8)) + 60 * c).astype(np.uint8)).save(root / f"class{c}" / f"{i}.png")
     return root
-
-
-def killed_after(cfg: TrainConfig, monkeypatch, update: int) -> None:
-    original = Trainer._update
-
-    def update_then_die(self, *args):
-        applied = original(self, *args)
-        if self.progress["update"] == update:
-            raise Killed
-        return applied
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_update", update_then_die)
-        with pytest.raises(Killed):
-            train(cfg, quiet=True)
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holders_pid(tiny_npz, tmp_path):
@@ -83,7 +64,7 @@ def test_the_data_is_recorded_by_its_absolute_place_and_resumed_from_any_folder(
     write_folder(tmp_path / "work" / "images")
     monkeypatch.chdir(tmp_path / "work")
     cfg = tiny_config(Path("images"), tmp_path / "run", epochs=2)
-    killed_after(cfg, monkeypatch, 5)
+    train_killed_after_update(monkeypatch, cfg, 5)
     assert TrainConfig.from_yaml(tmp_path / "run" / "config.yaml").data.source == str(tmp_path / "work" / "images")
     # From another folder that has an "images" folder of its own, the run still finds its data.
     write_folder(tmp_path / "elsewhere" / "images", classes=2)
@@ -95,7 +76,7 @@ def test_the_data_is_recorded_by_its_absolute_place_and_resumed_from_any_folder(
 def test_a_resume_onto_changed_data_is_refused_and_a_moved_folder_is_followed(tmp_path, monkeypatch):
     images = write_folder(tmp_path / "images")
     run = tmp_path / "run"
-    killed_after(tiny_config(images, run, epochs=2), monkeypatch, 5)
+    train_killed_after_update(monkeypatch, tiny_config(images, run, epochs=2), 5)
     last = (run / "checkpoints" / "last.safetensors").read_bytes()
 
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(images / "class0" / "added.png")
@@ -117,7 +98,7 @@ def test_a_resume_onto_changed_data_is_refused_and_a_moved_folder_is_followed(tm
 
 def test_a_checkpoint_with_a_flipped_bit_is_refused_by_its_checksum(tiny_npz, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    killed_after(tiny_config(tiny_npz, run, epochs=2), monkeypatch, 10)
+    train_killed_after_update(monkeypatch, tiny_config(tiny_npz, run, epochs=2), 10)
     path = run / "checkpoints" / "last.safetensors"
     data = bytearray(path.read_bytes())
     header = int.from_bytes(data[:8], "little")
@@ -130,7 +111,7 @@ def test_a_checkpoint_with_a_flipped_bit_is_refused_by_its_checksum(tiny_npz, tm
 def test_resuming_with_another_thread_count_says_so(tiny_npz, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     threads = torch.get_num_threads()
-    killed_after(tiny_config(tiny_npz, run, epochs=1), monkeypatch, 4)
+    train_killed_after_update(monkeypatch, tiny_config(tiny_npz, run, epochs=1), 4)
     capsys.readouterr()
     other = 1 if threads > 1 else 2
     torch.set_num_threads(other)

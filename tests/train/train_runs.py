@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from vitkit.train import TrainConfig
+from vitkit.train import TrainConfig, Trainer, train
 
 STEPS_PER_EPOCH = 21
 UPDATES = 33
@@ -72,3 +73,23 @@ def progress(checkpoint: Path) -> dict:
 
 def temporaries(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*.tmp"))
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs (no except clause catches a BaseException)."""
+
+
+def train_killed_after_update(monkeypatch, cfg: TrainConfig, k: int) -> None:
+    """Start the run of `cfg` and "kill" it right after optimiser update `k`."""
+    original = Trainer._update
+
+    def update_then_die(self, *args):
+        applied = original(self, *args)
+        if self.progress["update"] == k:
+            raise Killed
+        return applied
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_update", update_then_die)
+        with pytest.raises(Killed):
+            train(cfg, quiet=True)
