@@ -272,10 +272,6 @@ def list_pretrained() -> list[str]:
     return list(RELEASES)
 
 
-def find(name: str) -> Release | None:
-    return RELEASES.get(name)
-
-
 def suggest(name: str) -> str:
     """A hint for a name that is neither a file nor a release."""
     close = difflib.get_close_matches(name, RELEASES, n=3, cutoff=0.6)

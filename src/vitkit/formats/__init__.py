@@ -200,7 +200,7 @@ def locate(path: str | os.PathLike):
 
     if not isinstance(path, str) or os.path.exists(path):
         return Path(path), None
-    release = pretrained.find(path)
+    release = pretrained.RELEASES.get(path)
     if release is not None:
         return hub.fetch(release.source, prefer_cache=True), release
     if hub.is_remote(path):
