@@ -17,7 +17,7 @@ from vitkit.experiments import EXPERIMENTS, Settings, aggregate, get_experiment,
 from vitkit.experiments import arch, depth, posemb
 from vitkit.experiments.runner import (Setup, accuracy_limits, default_seeds, format_score, line_plot, noise_verdict,
                                        pinned_base)
-from vitkit.models import ModelConfig, forward_flops
+from vitkit.models import ModelConfig, forward_flops, parameters_of
 from vitkit.train import loop
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32)
@@ -128,16 +128,17 @@ def test_pooling_sweeps_each_pooling_over_the_same_learning_rates(digits):
 
 def test_depth_cells_match_the_base_models_parameter_count(digits):
     setup = setup_for(digits, depths=(1, 2, 6))
-    target = depth.parameters_of(setup.model)
+    target = parameters_of(ModelConfig.from_dict(setup.model))
     cells = depth.cells(setup)
     assert [c.model_options["depth"] for c in cells] == [1, 2, 6]
     assert cells[0].model_options["width"] == TINY["width"]  # the base itself
     for cell in cells[1:]:
         width = cell.model_options["width"]
         assert width % TINY["num_heads"] == 0 and width % 4 == 0
-        params = depth.parameters_of({**setup.model, **cell.model_options})
-        neighbours = [depth.parameters_of({**setup.model, **cell.model_options, "width": w,
-                                              "mlp_dim": 2 * w}) for w in (width - 4, width + 4) if w > 0]
+        params = parameters_of(ModelConfig.from_dict({**setup.model, **cell.model_options}))
+        neighbours = [parameters_of(ModelConfig.from_dict({**setup.model, **cell.model_options, "width": w,
+                                                           "mlp_dim": 2 * w}))
+                      for w in (width - 4, width + 4) if w > 0]
         assert all(abs(params - target) <= abs(p - target) for p in neighbours)
     assert cells[2].model_options["width"] < TINY["width"]
 

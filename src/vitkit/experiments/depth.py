@@ -6,19 +6,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
-
 from vitkit.experiments.runner import Cell, Experiment, Setup, bar_plot
-from vitkit.models import ModelConfig, VisionTransformer, count_parameters
+from vitkit.models import ModelConfig, parameters_of
 
 SHALLOW, DEEP = 2, 8
-
-
-def parameters_of(model_options: dict) -> int:
-    """Parameters of the model these options build, built on the meta device (no memory, no
-    initialisation cost)."""
-    with torch.device("meta"):
-        return count_parameters(VisionTransformer(ModelConfig.from_dict(model_options)))
 
 
 def shape_at_depth(model_options: dict, depth: int, target: int) -> dict:
@@ -32,7 +23,7 @@ def shape_at_depth(model_options: dict, depth: int, target: int) -> dict:
         return {"depth": depth, "width": width, "mlp_dim": max(1, round(ratio * width))}
 
     def params(width: int) -> int:
-        return parameters_of({**model_options, **shape(width)})
+        return parameters_of(ModelConfig.from_dict({**model_options, **shape(width)}))
 
     low, high = 1, 2
     while params(high * step) < target:
@@ -47,7 +38,7 @@ def shape_at_depth(model_options: dict, depth: int, target: int) -> dict:
 def cells(setup: Setup) -> list[Cell]:
     base = setup.model
     depths = setup.settings.depths or sorted({SHALLOW, base["depth"], DEEP})
-    target = parameters_of(base)
+    target = parameters_of(ModelConfig.from_dict(base))
     result = []
     for depth in depths:
         shape = ({"depth": depth, "width": base["width"], "mlp_dim": base["mlp_dim"]} if depth == base["depth"]
@@ -61,7 +52,7 @@ def cells(setup: Setup) -> list[Cell]:
 def report(setup: Setup, rows: list[dict], out: Path) -> dict:
     bar_plot(rows, ["test_acc", "val_acc"], out / "depth.png", "Shallow vs deep at a similar parameter count",
              num_test=len(setup.data.test))
-    target = parameters_of(setup.model)
+    target = parameters_of(ModelConfig.from_dict(setup.model))
     note = (f"The base model has {target:,} parameters. Each other depth keeps the head count and the MLP/width "
             "ratio and takes the width (a multiple of the head count and of 4) whose parameter count is closest "
             "to it; the params column gives each model's exact count.")
