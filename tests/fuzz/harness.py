@@ -15,6 +15,7 @@ unnoticed). Where the platform has no RLIMIT_DATA or /proc, calls run without a 
 from __future__ import annotations
 
 import faulthandler
+import os
 import re
 import resource
 import signal
@@ -105,9 +106,18 @@ def reads_or_refuses(call, *, names: str | Path | None = None):
 # ----------------------------------------------------------------------------- in a capped process
 
 # What a reader of a small hostile file may take on top of a fresh interpreter that has imported
-# torch and vitkit (about 0.7 GiB of address space with torch 2.13 on Linux, measured by the
-# prelude itself): the regressions these guard against asked for 0.8 to 6 GiB.
+# torch and vitkit (0.70 GiB of address space with torch 2.13 on the 2-core Xeon, read from
+# /proc/self/status after the prelude's imports). The regressions that asked for more (2 and
+# 6 GiB in these tests) die of MemoryError under it; those that fit (a 400 MB decode) fail the
+# tests' checks of the refusal.
 ADDRESS_HEADROOM = 1 << 30
+# The capped interpreter computes on one thread, in one malloc arena, and sees no GPU: address
+# space grows with each thread that allocates (glibc reserves 64 MiB for its arena), so on a
+# machine with many cores torch's own threads would fill the headroom (with torch set to 32
+# threads on the 2-core Xeon, a 7 MB tensor could no longer be allocated under the cap), and a
+# CUDA context reserves far more than the headroom.
+_CAPPED_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1",
+                       "CUDA_VISIBLE_DEVICES": ""}
 
 _CAPPED_PRELUDE = """
 import re, resource, sys
@@ -135,7 +145,8 @@ def refusal_under_address_cap(code: str, headroom: int = ADDRESS_HEADROOM, timeo
         pytest.skip("needs RLIMIT_AS and /proc (Linux)")
     body = textwrap.indent(textwrap.dedent(code), "    ")
     script = _CAPPED_PRELUDE.replace("HEADROOM", str(headroom)).format(body=body)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **_CAPPED_ENVIRONMENT})
     assert done.returncode == 0, f"exit {done.returncode} under the memory cap:\n{done.stdout}{done.stderr[-3000:]}"
     lines = [line for line in done.stdout.splitlines() if line.startswith("REFUSED: ")]
     return lines[-1][len("REFUSED: "):] if lines else None
