@@ -41,9 +41,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vitkit.data.dataset import DataSplits, ImageSet
-from vitkit.data.images import (IMAGE_SUFFIXES, RAISE_LIMIT, BadImage, ClampedReads, Size, as_size, pixel_limit,
-                                read_pixels, resolve_pixel_limit)
-from vitkit.errors import DataError, VitkitError
+from vitkit.data.images import (IMAGE_SUFFIXES, BadImage, ClampedReads, Size, as_size, pixel_limit, read_pixels,
+                                resolve_pixel_limit, target_size)
+from vitkit.errors import ConfigValueError, DataError, VitkitError
 
 INDEX_NAME = "dataset.json"
 FORMAT = "vitkit-shards"
@@ -162,11 +162,10 @@ def _pixel_limit_for(index, path: Path, max_image_pixels: int | None) -> int:
     recorded = index.get("max_image_pixels")
     if recorded:
         limit = recorded if limit is None else min(limit, recorded)
-    # Every image is resized to image_size: no larger than an image the limit lets through.
-    height, width = index["image_size"]
-    if limit is not None and height * width > limit:
-        raise DataError(f"{path}: image_size {height}x{width} is over the limit of {limit} pixels; {RAISE_LIMIT} "
-                        "if the images are meant to be that large")
+    try:
+        target_size(index["image_size"], limit or 0)  # every image is resized to it
+    except ConfigValueError as err:
+        raise DataError(f"{path}: {err}") from None
     return limit or 0
 
 
