@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageOps
 
 from vitkit.errors import ConfigError, ConfigTypeError, ConfigValueError, DataError
-from vitkit.progress import Progress, track
+from vitkit.progress import track
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                             ".ppm", ".pgm", ".pbm"})
@@ -251,11 +251,6 @@ def progress(items: Sequence, description: str, quiet: bool) -> Iterator:
     return track(items, description, "img", quiet=quiet)
 
 
-def progress_bar(total: int | None, description: str, quiet: bool) -> Progress:
-    """A Progress counting images (it shows images/s), advanced by `update(n)`."""
-    return Progress(total, description, "img", quiet=quiet)
-
-
 def decode_all(paths: Sequence[Path], size: Size, channels: int, quiet: bool
                ) -> tuple[torch.Tensor, np.ndarray, dict[Path, str]]:
     """(N_good, C, H, W) uint8 for the files that decode, which ones those are (a mask over
@@ -263,7 +258,7 @@ def decode_all(paths: Sequence[Path], size: Size, channels: int, quiet: bool
     out = np.empty((len(paths), channels, size[0], size[1]), dtype=np.uint8)
     good = np.zeros(len(paths), dtype=bool)
     bad: dict[Path, str] = {}
-    for i, path in enumerate(progress(paths, "reading images", quiet)):
+    for i, path in enumerate(track(paths, "reading images", quiet=quiet)):
         try:
             out[i] = read_pixels(path, size, channels)
             good[i] = True

@@ -27,14 +27,14 @@ from vitkit.data import cifar
 from vitkit.data.dataset import carve_splits
 from vitkit.data.folders import find_split_files
 from vitkit.data.images import (BadImage, ImageHeader, Size, describe_bad, most_common_size, pixel_limit,
-                                progress, progress_bar, raise_if_bad, read_header, read_pixels, relative_bad)
+                                raise_if_bad, read_header, read_pixels, relative_bad)
 from vitkit.data.shards import (FORMAT, FORMAT_VERSION, INDEX_NAME, SPLITS, ShardFile, is_shard_folder,
                                 read_whole_shard)
 from vitkit.data.sources import load_data
 from vitkit.data.spec import DataSpec
 from vitkit.errors import ConfigError, DataError
 from vitkit.io import atomic_path, write_json
-from vitkit.progress import Progress
+from vitkit.progress import Progress, track
 
 DEFAULT_SHARD_SIZE = 1000
 _SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar$")
@@ -91,7 +91,7 @@ def shard_data(source: DataSpec | str | os.PathLike, out: str | os.PathLike, *,
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / INDEX_NAME).unlink(missing_ok=True)  # the old index must not describe half-replaced shards
-        with progress_bar(sum(map(len, splits.values())), "writing shards", quiet) as bar:
+        with Progress(sum(map(len, splits.values())), "writing shards", quiet=quiet) as bar:
             written = {name: _write_split(out, name, items, shard_size, bar) for name, items in splits.items()}
         for stale in set(p.name for p in out.iterdir() if _SHARD_NAME.match(p.name)) - \
                 {shard.name for shards in written.values() for shard in shards}:
@@ -119,7 +119,7 @@ def index_shards(root: str | os.PathLike, class_names: list[str] | None = None, 
     headers: list[ImageHeader] = []
     shards: dict[str, list[ShardFile]] = {split: [] for split in SPLITS}
     limit = len(class_names) if class_names else None
-    with pixel_limit(max_image_pixels), progress_bar(None, "indexing shards", quiet) as bar:
+    with pixel_limit(max_image_pixels), Progress(None, "indexing shards", quiet=quiet) as bar:
         for split, paths in found.items():
             for path in paths:
                 count = 0
@@ -193,7 +193,7 @@ def _folder_items(root: Path, seed: int, fractions: dict[str, float], skip_bad: 
     bad: dict[Path, str] = {}
     every = [path for items in parts.values() for path, _ in items]
     with pixel_limit(max_image_pixels):
-        for path in progress(every, "checking images", quiet):
+        for path in track(every, "checking images", quiet=quiet):
             try:
                 header = read_header(path)
                 read_pixels(path, header.size, 1 if header.grey else 3)
