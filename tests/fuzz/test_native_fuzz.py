@@ -183,8 +183,9 @@ def test_regression_a_tiny_file_cannot_describe_tables_of_any_size(tmp_path, opt
 @pytest.mark.parametrize("asked", ["num_classes=10**9", "image_size=10**6", "image_size=(32, 10**6), patch_size=16",
                                    "mlp_dim=10**9"])
 def test_regression_load_arguments_asking_for_a_model_the_file_cannot_back(tmp_path, asked):
-    # load(num_classes=10**9) allocated a 10^9-row head (256 GB for ViT-B), load(image_size=10**6)
-    # resampled the position table to 3.9 * 10^9 rows; refused before anything is built.
+    # load(num_classes=10**9) allocated a 10^9-row head, load(image_size=10**6) resampled the
+    # position table to (10^6 / patch)^2 rows (the issue's 256 GB and 16 TB; this width-16,
+    # patch-8 model's 68 GB and 1 TB); refused before anything is built.
     vitkit.save(tiny_model(), tmp_path / "m.safetensors")
     refusal = refusal_under_address_cap(f"""
         try:
