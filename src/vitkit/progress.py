@@ -73,12 +73,11 @@ class Progress:
                  initial: int = 0, stream: TextIO | None = None):
         self.description, self.unit, self.quiet, self.total = description, unit, quiet or _silenced, total
         self.stream = sys.stderr if stream is None else stream
-        self.interactive = not self.quiet and is_terminal(self.stream)
         self.count = initial
         self._initial, self._postfix, self._closed = initial, "", False
         self._start = self._last_line = time.perf_counter()
         self._bar = None
-        if self.interactive:
+        if not self.quiet and is_terminal(self.stream):
             columns, rows = terminal_shape(self.stream)
             self._bar = tqdm(total=total, initial=initial, desc=description, unit=unit, file=self.stream,
                              ncols=columns, nrows=rows, leave=False, unit_scale=False)
