@@ -40,7 +40,6 @@ class _ArraysOnlyUnpickler(pickle._Unpickler):
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data), encoding="bytes")
         self.file_bytes = len(data)
-        self.budget = 2 * len(data)
         self.spent = 0
         try:
             from numpy._core import multiarray, numeric  # numpy >= 2
@@ -62,7 +61,7 @@ class _ArraysOnlyUnpickler(pickle._Unpickler):
 
     def _spend(self, nbytes: int) -> None:
         self.spent += nbytes
-        if self.spent > self.budget:
+        if self.spent > 2 * self.file_bytes:
             raise _RefusedGlobal(f"arrays and bytes of {self.spent:,} bytes in a {self.file_bytes:,}-byte file, "
                                  "more than twice its size")
 
