@@ -4,9 +4,6 @@ bytes as lone surrogates) or holds a line break. Text and plots show them escape
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -16,7 +13,8 @@ from vitkit.data import load_data
 from vitkit.errors import printable
 from vitkit.models.config import ModelConfig
 
-SRC = str(Path(vitkit.__file__).resolve().parents[1])
+from test_cli import vitkit_cli
+
 LATIN1 = os.fsdecode(b"caf\xe9")         # a folder named in Latin-1: 'caf\udce9'
 TWO_LINES = "two\nlines"
 PLAIN = "plain"
@@ -38,13 +36,6 @@ def odd_folder(tmp_path_factory):
                                 num_classes=3, class_names=tuple(names))
     vitkit.save(model, root / "m.safetensors")
     return root
-
-
-def vitkit_cli(*args):
-    # A strict UTF-8 stdout, as under a UTF-8 locale: a lone surrogate cannot be written to it.
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8:strict"}
-    return subprocess.run([sys.executable, "-m", "vitkit", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
 
 
 def test_printable_names():

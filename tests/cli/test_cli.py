@@ -18,7 +18,9 @@ TINY_FLAGS = ["--width", "16", "--depth", "1", "--num-heads", "2", "--mlp-dim", 
 
 
 def vitkit_cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    # A strict UTF-8 stdout, as under a UTF-8 locale (a test machine's C locale would let Python
+    # write what a user's terminal cannot take, e.g. a class name that is not UTF-8).
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8:strict"}
     return subprocess.run([sys.executable, "-m", "vitkit", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=600)
 
