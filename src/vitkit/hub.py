@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from vitkit.errors import DownloadError
-from vitkit.io import atomic_path
+from vitkit.io import atomic_path, file_digest
 from vitkit.progress import Progress
 
 HUB_PREFIX = "hf-hub:"
@@ -345,9 +345,9 @@ class _Hub:
         blob hash of a small one. A fresh download that does not hash to it is removed."""
         blob = Path(os.path.realpath(path))
         if _SHA256.fullmatch(blob.name):
-            digest = _file_digest(blob, hashlib.sha256())
+            digest = file_digest(blob, hashlib.sha256())
         elif _GIT_SHA1.fullmatch(blob.name):
-            digest = _file_digest(blob, hashlib.sha1(f"blob {blob.stat().st_size}\0".encode()))
+            digest = file_digest(blob, hashlib.sha1(f"blob {blob.stat().st_size}\0".encode()))
         else:
             return  # a copy instead of a link to its blob (no symlinks here): nothing to compare
         if digest != blob.name:
@@ -396,8 +396,3 @@ def _is_transport_error(error: Exception) -> bool:
     return module.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2")
 
 
-def _file_digest(path: Path, digest) -> str:
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

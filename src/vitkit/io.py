@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -126,3 +127,13 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str
             if code is None:
                 raise
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+
+
+def file_digest(path: str | os.PathLike, digest=None) -> str:
+    """The hex digest of a file's bytes, read in 1 MiB blocks: sha256 by default, or `digest`, a
+    hashlib object that may already hold a prefix (git's "blob SIZE\\0")."""
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,6 +13,7 @@ from typing import Any
 
 from vitkit.errors import ConfigValueError
 from vitkit.fields import check_fields
+from vitkit.io import file_digest
 
 # Fields that older configs (and keyword arguments) give beside the source, not inside a spec.
 SPLIT_FIELDS = ("split_seed", "val_fraction", "test_fraction", "skip_bad_images", "max_image_pixels")
@@ -92,9 +93,9 @@ def fingerprint(spec: DataSpec) -> dict[str, Any]:
     if not path.exists():
         return {"kind": "missing", "files": 0, "sha256": ""}
     if path.is_file():
-        return {"kind": "file", "files": 1, "sha256": _file_digest(path)}
+        return {"kind": "file", "files": 1, "sha256": file_digest(path)}
     if is_shard_folder(path):
-        return {"kind": "shards", "files": 1, "sha256": _file_digest(path / INDEX_NAME)}
+        return {"kind": "shards", "files": 1, "sha256": file_digest(path / INDEX_NAME)}
     cifar_folder = cifar.find_cifar_folder(path)
     if cifar_folder is not None:
         files = sorted(p for p in cifar_folder.iterdir() if p.is_file())
@@ -111,12 +112,4 @@ def _digest(parts) -> str:
     for part in parts:
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
-    return h.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
