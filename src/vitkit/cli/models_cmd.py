@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 
 from vitkit.cli.main import print_json
-from vitkit.models import count_parameters, create_model, forward_flops, list_models
+from vitkit.models import forward_flops, list_models, parameters_of
 from vitkit.models.presets import preset_config
 
 
@@ -28,10 +27,8 @@ def run(args) -> int:
     rows = []
     for name in list_models():
         cfg = preset_config(name, image_size=args.image_size, num_classes=args.num_classes)
-        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-            model = create_model(name, image_size=args.image_size, num_classes=args.num_classes)
         flops = forward_flops(cfg)
-        rows.append(dict(name=name, params=count_parameters(model), gflops=flops / 1e9, gmacs=flops / 2e9,
+        rows.append(dict(name=name, params=parameters_of(cfg), gflops=flops / 1e9, gmacs=flops / 2e9,
                          depth=cfg.depth, width=cfg.width, heads=cfg.num_heads, patch=cfg.patch_size,
                          stem=cfg.stem))
     if args.json:

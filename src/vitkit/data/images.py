@@ -246,11 +246,6 @@ def raise_if_bad(bad: dict[Path, str], where: str, *, skip_hint: bool) -> None:
     raise DataError(f"{len(bad)} unreadable image file(s) in {where}: {describe_bad(bad)}{hint}")
 
 
-def progress(items: Sequence, description: str, quiet: bool) -> Iterator:
-    """`items` counted as images (vitkit.progress: a bar on a terminal, a line per phase elsewhere)."""
-    return track(items, description, "img", quiet=quiet)
-
-
 def decode_all(paths: Sequence[Path], size: Size, channels: int, quiet: bool
                ) -> tuple[torch.Tensor, np.ndarray, dict[Path, str]]:
     """(N_good, C, H, W) uint8 for the files that decode, which ones those are (a mask over

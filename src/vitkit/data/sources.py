@@ -29,12 +29,13 @@ from vitkit.data import cifar
 from vitkit.data.dataset import DataSplits, ImageSet, carve_splits
 from vitkit.data.folders import find_split_files
 from vitkit.data.images import (BadImage, Size, decode_all, describe_bad, most_common_size,
-                                pixel_limit, progress, raise_if_bad, read_header, read_pixels, relative_bad,
+                                pixel_limit, raise_if_bad, read_header, read_pixels, relative_bad,
                                 target_size)
 from vitkit.data.shards import is_shard_folder, read_shards
 from vitkit.data.spec import DataSpec
 from vitkit.errors import ConfigError, DataError
 from vitkit.npz import read_arrays
+from vitkit.progress import track
 
 _SOURCES_HINT = "give 'digits', an image folder, a CIFAR python folder, an .npz file or a shard folder"
 # ITU-R 601 luma, the weights Pillow uses for RGB -> L, so arrays and files agree.
@@ -212,7 +213,7 @@ def _read_folder(root: Path, size: Size | None, channels: int | None, skip_bad: 
             splits += [split] * len(class_paths)
     with pixel_limit(max_image_pixels):
         headers, bad = {}, {}
-        for path in progress(paths, "checking images", quiet):
+        for path in track(paths, "checking images", quiet=quiet):
             try:
                 headers[path] = read_header(path)
             except BadImage as err:
