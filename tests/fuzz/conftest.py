@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -15,14 +14,3 @@ def _torch_warmed_up():
     torch.ones(64, 64) @ torch.ones(64, 64)
     with torch.device("meta"):
         torch.nn.Linear(2, 2)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _default_pixel_limit():
-    # The tests name the default limit (89,478,485 pixels); a $VITKIT_MAX_IMAGE_PIXELS of the
-    # shell that runs them would change what they read. (Session-wide: hypothesis refuses
-    # function-scoped fixtures.)
-    saved = os.environ.pop("VITKIT_MAX_IMAGE_PIXELS", None)
-    yield
-    if saved is not None:
-        os.environ["VITKIT_MAX_IMAGE_PIXELS"] = saved
