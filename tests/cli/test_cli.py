@@ -94,6 +94,22 @@ def test_models_lists_presets_with_parameters_and_flops():
     assert text[-1].startswith("GFLOPs count a multiply-add as two FLOPs; GMACs count it once")
 
 
+@pytest.mark.parametrize("args", [["models"], ["models", "--pretrained"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly(args):
+    # `vitkit models | head -1`: the pipe is closed before the command writes (its read end is
+    # shut before the process starts), so every write meets EPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    try:
+        result = subprocess.run([sys.executable, "-m", "vitkit", *args], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, env=env, timeout=600)
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == 141  # 128 + SIGPIPE, as a shell reports `head`'s other writers
+
+
 def test_train_writes_a_run_and_eval_reproduces_its_test_accuracy(trained):
     out, summary = trained
     assert summary["epochs"] == 2 and Path(summary["checkpoint"]).is_file()

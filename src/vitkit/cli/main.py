@@ -4,7 +4,9 @@ A command module defines `register(subparsers)`, which adds its parser and sets
 `func=run`; `run(args)` returns the exit code. User errors raise VitkitError: printed as one
 line, exit code 2, traceback only with --debug. A run stopped by a signal after saving a
 checkpoint (StoppedBySignal) prints its line and exits 128 + the signal number, as a process
-ended by that signal would: a scheduler sees it did not finish (docs/reliability.md).
+ended by that signal would: a scheduler sees it did not finish (docs/reliability.md). A reader
+that closes the pipe early (`vitkit models | head`) ends the command quietly with the status a
+shell gives a process killed by SIGPIPE (141).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
 
 from vitkit.allocator import keep_freed_memory
@@ -74,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         with silenced() if getattr(args, "quiet", False) else contextlib.nullcontext():
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # Nobody reads the rest. Point stdout at /dev/null so that the interpreter's own flush at
+        # exit does not fail again, and end as `head`'s other writers do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + getattr(signal, "SIGPIPE", 13)
     except StoppedBySignal as e:
         print(f"vitkit {args.command}{_which_process()}: {e}", file=sys.stderr)
         return 128 + e.signal_number
