@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 from vitkit.errors import DownloadError
 from vitkit.io import atomic_path, file_digest
-from vitkit.progress import Progress
+from vitkit.progress import Progress, is_silenced
 
 HUB_PREFIX = "hf-hub:"
 URL_PREFIXES = ("https://", "http://")
@@ -247,6 +247,21 @@ def fetch_hub(spec: str, *, prefer_cache: bool = False) -> Path:
     return config_path.parent
 
 
+@contextlib.contextmanager
+def _hub_bars():
+    """huggingface_hub draws its own download bars: none within `vitkit --quiet` (silenced)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    if not is_silenced() or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
+
+
 class _Hub:
     """One repo at one revision, with huggingface_hub's errors turned into DownloadErrors."""
 
@@ -281,7 +296,8 @@ class _Hub:
         if isinstance(cached, str) and self.prefer_cache:
             return Path(cached)
         try:
-            path = hf_hub_download(**options, local_files_only=bool(self.switch))
+            with _hub_bars():
+                path = hf_hub_download(**options, local_files_only=bool(self.switch))
         except errors.RemoteEntryNotFoundError:
             if optional:
                 return None

@@ -44,6 +44,11 @@ def silenced() -> Iterator[None]:
         _silenced = before
 
 
+def is_silenced() -> bool:
+    """Whether a `silenced` block is running: for bars drawn by other libraries (the Hub's)."""
+    return _silenced
+
+
 def is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()

@@ -16,6 +16,7 @@ from vitkit.cli.main import main
 from vitkit.errors import DownloadError
 from vitkit.evaluate.preprocess import prepare_images
 from vitkit.pretrained import imagenet_class_names
+from vitkit.progress import silenced
 
 from ..formats.conftest import rel_diff
 from ..formats.google_reference import forward as flax_forward
@@ -87,6 +88,29 @@ def test_second_load_uses_the_cache(transformers_repo, hub, monkeypatch, images)
     assert hub.requests == []
     with torch.no_grad():
         assert torch.equal(pinned(images), first(images)) and torch.equal(offline(images), first(images))
+
+
+def test_quiet_reaches_the_hubs_own_download_bars(transformers_repo, hub, monkeypatch):
+    # huggingface_hub draws its bars on a terminal; under `vitkit --quiet` (progress.silenced)
+    # it is told to draw none, and afterwards draws them again.
+    import huggingface_hub
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    download, seen = huggingface_hub.hf_hub_download, []
+
+    def spy(*args, **kwargs):
+        seen.append(are_progress_bars_disabled())
+        return download(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", spy)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    with silenced():
+        vitkit.load("hf-hub:google/tiny-vit")
+    assert seen and all(seen)
+    assert not are_progress_bars_disabled()
+    seen.clear()
+    vitkit.load("hf-hub:google/tiny-vit")
+    assert seen and not any(seen)
 
 
 def test_the_token_and_hf_home_are_honoured(transformers_repo, hub, monkeypatch, tmp_path):
