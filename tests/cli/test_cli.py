@@ -77,6 +77,10 @@ def test_every_training_config_field_is_a_flag_of_train_or_pretrain():
         assert flag in text and flag in pretrain, name
     for flag in ("--patch-size", "--pool", "--posemb", "--posemb-where", "--drop-path", "--mixup", "--crop"):
         assert flag in text
+    # A pre-trained encoder is headless: no class count, no label mixing.
+    for flag in ("--num-classes ", "--mixup ", "--cutmix "):
+        assert flag in text and flag not in pretrain, flag
+    assert "--width " in pretrain and "--patch-size " in pretrain
 
 
 def test_models_lists_presets_with_parameters_and_flops():

@@ -174,12 +174,13 @@ def add_image_limit_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N", help=MAX_IMAGE_PIXELS_HELP)
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """`--width`, `--pool`, ... : every ModelConfig field a user sets, landing in `model_*`."""
+def add_model_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """`--width`, `--pool`, ... : every ModelConfig field a user sets (but those in `skip`),
+    landing in `model_*`."""
     from vitkit.models.config import ModelConfig
 
     add_dataclass_flags(parser.add_argument_group("model options (override the picked or preset model)"),
-                        ModelConfig, dest_prefix="model_", skip=MODEL_FLAG_SKIP, help_text=MODEL_HELP,
+                        ModelConfig, dest_prefix="model_", skip=(*MODEL_FLAG_SKIP, *skip), help_text=MODEL_HELP,
                         show_defaults=False)
 
 

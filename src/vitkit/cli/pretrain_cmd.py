@@ -4,7 +4,7 @@ The same engine and run folder as `vitkit train` (resume, checkpoints, torchrun,
 from __future__ import annotations
 
 from vitkit.cli.main import print_json
-from vitkit.cli.train_cmd import LABEL_FIELDS, TRAIN_HELP, add_run_flags, run_config
+from vitkit.cli.train_cmd import TRAIN_HELP, add_run_flags, run_config
 from vitkit.errors import ConfigError
 from vitkit.train import train
 from vitkit.train.config import PRETRAIN_OBJECTIVES
@@ -31,7 +31,7 @@ def register(sub, parent) -> None:
     p = sub.add_parser("pretrain", parents=[parent], help="self-supervised pre-training (mpp, mae)",
                        description="Pre-train a ViT without labels, then fine-tune it with "
                                    "`vitkit train --init RUN/checkpoints/final.safetensors`.")
-    add_run_flags(p, skip=LABEL_FIELDS, help_text=PRETRAIN_HELP, title="pre-training")
+    add_run_flags(p, labels=False, help_text=PRETRAIN_HELP, title="pre-training")
     p.set_defaults(func=run)
 
 

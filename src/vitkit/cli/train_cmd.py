@@ -79,26 +79,28 @@ LABEL_FIELDS = ("freeze", "recipe", "label_smoothing", "teacher", "distill", "di
 RESUME_FLAGS = ("out", "device", "fsdp")
 
 
-def add_run_flags(p, *, skip: tuple[str, ...], help_text: dict, title: str = "training") -> None:
-    """--config, --resume, --json and every TrainConfig, data, model and augmentation flag but
-    those in `skip`."""
+def add_run_flags(p, *, labels: bool, help_text: dict, title: str = "training") -> None:
+    """--config, --resume, --json and every TrainConfig, data, model and augmentation flag that
+    applies: with `labels` (vitkit train) none of pre-training's own; without (vitkit pretrain)
+    none of those that need labels, nor --num-classes and the label-mixing augmentations (a
+    pre-trained encoder is headless)."""
     p.add_argument("--config", help="YAML config, e.g. a run's config.yaml (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_data_flags(p)
     add_dataclass_flags(p.add_argument_group(title), TrainConfig, dest_prefix="train_",
-                        skip=("data", *skip), help_text=help_text)
-    add_model_flags(p)
+                        skip=("data", *(PRETRAIN_FIELDS if labels else LABEL_FIELDS)), help_text=help_text)
+    add_model_flags(p, skip=() if labels else ("num_classes",))
     add_dataclass_flags(p.add_argument_group("augmentation (defaults picked from the data)"),
-                        AugmentConfig, dest_prefix="aug_", skip=("label_smoothing", "mixup", "cutmix")
-                        if "label_smoothing" in skip else ("label_smoothing",), show_defaults=False)
+                        AugmentConfig, dest_prefix="aug_", skip=("label_smoothing",) if labels else
+                        ("label_smoothing", "mixup", "cutmix"), show_defaults=False)
 
 
 def register(sub, parent) -> None:
     p = sub.add_parser("train", parents=[parent], help="train a model",
                        description="Train a Vision Transformer. With no flags: the bundled digits, "
                                    "with model, epochs and augmentation picked from the data.")
-    add_run_flags(p, skip=PRETRAIN_FIELDS, help_text=TRAIN_HELP)
+    add_run_flags(p, labels=True, help_text=TRAIN_HELP)
     p.set_defaults(func=run)
 
 
