@@ -197,3 +197,21 @@ def test_regression_resume_in_a_read_only_run_folder_with_a_stale_temporary(tmp_
     assert len(error.splitlines()) == 1 and "Traceback" not in error
     assert error.startswith("vitkit train: error: cannot write ") and "Read-only file system" in error
     assert stale.read_bytes() == b"half a checkpoint"
+
+
+def test_cache_folders_follow_their_variable_then_xdg_then_home(tmp_path, monkeypatch):
+    from vitkit.evaluate.features import default_cache_dir
+    from vitkit.hub import download_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("XDG_CACHE_HOME", "VITKIT_DOWNLOAD_DIR", "VITKIT_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    assert download_dir() == tmp_path / "home" / ".cache" / "vitkit" / "downloads"
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "vitkit" / "features"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert download_dir() == tmp_path / "xdg" / "vitkit" / "downloads"
+    assert default_cache_dir() == tmp_path / "xdg" / "vitkit" / "features"
+    monkeypatch.setenv("VITKIT_DOWNLOAD_DIR", "~/weights")
+    monkeypatch.setenv("VITKIT_CACHE_DIR", str(tmp_path / "features"))
+    assert download_dir() == tmp_path / "home" / "weights"
+    assert default_cache_dir() == tmp_path / "features"

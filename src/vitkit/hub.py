@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from vitkit.errors import DownloadError
-from vitkit.io import atomic_path, file_digest
+from vitkit.io import atomic_path, file_digest, user_cache_dir
 from vitkit.progress import Progress, is_silenced
 
 HUB_PREFIX = "hf-hub:"
@@ -75,10 +75,7 @@ def offline() -> str | None:
 
 def download_dir() -> Path:
     """vitkit's download cache (URLs; the Hub keeps its own)."""
-    if os.environ.get(DOWNLOAD_DIR_VARIABLE):
-        return Path(os.environ[DOWNLOAD_DIR_VARIABLE]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "vitkit" / "downloads"
+    return user_cache_dir("downloads", DOWNLOAD_DIR_VARIABLE)
 
 
 # ----------------------------------------------------------------------------- URLs

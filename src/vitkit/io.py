@@ -137,3 +137,12 @@ def file_digest(path: str | os.PathLike, digest=None) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def user_cache_dir(kind: str, variable: str) -> Path:
+    """One of vitkit's cache folders: $`variable` if set, else $XDG_CACHE_HOME/vitkit/`kind`
+    (~/.cache/vitkit/`kind` without it)."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "vitkit" / kind

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vitkit.evaluate.preprocess import prepare_images
-from vitkit.io import atomic_path
+from vitkit.io import atomic_path, user_cache_dir
 from vitkit.progress import Progress
 
 # Bumped whenever what is stored changes meaning (e.g. the preprocessing).
@@ -52,10 +52,7 @@ def extract_features(model: torch.nn.Module, images: torch.Tensor, batch_size: i
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get("VITKIT_CACHE_DIR"):
-        return Path(os.environ["VITKIT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vitkit" / "features"
+    return user_cache_dir("features", "VITKIT_CACHE_DIR")
 
 
 def checkpoint_digest(checkpoint: str | os.PathLike) -> str:
