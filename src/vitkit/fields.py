@@ -50,6 +50,16 @@ def _fits(value: Any, hint) -> bool:
     return isinstance(value, hint)
 
 
+def as_pair(value: Any, name: str = "image_size") -> tuple[int, int]:
+    """(height, width) of an int (a square) or a pair of ints; anything else is a ConfigTypeError
+    naming `name`."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)):
+        raise ConfigTypeError(f"{name} must be an int or a pair of ints (height, width), not {_short(value)}")
+    return (int(pair[0]), int(pair[1]))
+
+
 def _short(value: Any) -> str:
     try:
         text = repr(value)

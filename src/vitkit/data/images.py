@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 import warnings
 from collections import Counter
@@ -15,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from vitkit.errors import ConfigError, ConfigTypeError, ConfigValueError, DataError
+from vitkit.errors import ConfigError, ConfigValueError, DataError
+from vitkit.fields import as_pair
 from vitkit.progress import track
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -51,13 +51,10 @@ def as_size(image_size: int | Sequence[int] | None) -> Size | None:
     stays None. Anything else is a ConfigTypeError or ConfigValueError naming image_size."""
     if image_size is None:
         return None
-    pair = (image_size, image_size) if isinstance(image_size, numbers.Integral) else image_size
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-            and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in pair)):
-        raise ConfigTypeError(f"image_size must be an int or a pair of ints (height, width), not {image_size!r}")
+    pair = as_pair(image_size)
     if not all(0 < s < 2**31 for s in pair):
         raise ConfigValueError(f"image_size must be 1 to {2**31 - 1} pixels a side, not {image_size!r}")
-    return (int(pair[0]), int(pair[1]))
+    return pair
 
 
 def target_size(image_size: int | Sequence[int] | None, max_image_pixels: int | None) -> Size | None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from vitkit.errors import ConfigError, ConfigTypeError, ConfigValueError
-from vitkit.fields import check_fields
+from vitkit.errors import ConfigError, ConfigValueError
+from vitkit.fields import as_pair, check_fields
 
 POOLS = ("token", "gap", "map")
 POSEMBS = ("none", "learned1d", "learned2d", "sincos2d", "relative")
@@ -31,14 +30,6 @@ _WHERE_FOR_KIND = {
     "sincos2d": ("stem", "every_layer_shared"),
     "relative": ("stem",),
 }
-
-
-def as_pair(value) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, numbers.Integral) else value
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)):
-        raise ConfigTypeError(f"expected an int or a pair of ints (h, w), got {value!r}")
-    return (int(pair[0]), int(pair[1]))
 
 
 @dataclass

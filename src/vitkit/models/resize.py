@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vitkit.errors import ConfigError
-from vitkit.models.config import as_pair
+from vitkit.fields import as_pair
 from vitkit.models.posemb import resample_grid, resample_line
 from vitkit.models.vit import VisionTransformer
 

@@ -17,13 +17,14 @@ from vitkit.data.augment import default_augment
 from vitkit.data.dataset import DataSplits
 from vitkit.data.shards import ShardedSplits, default_workers
 from vitkit.errors import ConfigError
+from vitkit.fields import as_pair
 from vitkit.formats import load as load_checkpoint
 from vitkit.models import parameters_of
-from vitkit.models.config import ModelConfig, as_pair
+from vitkit.models.config import ModelConfig
 from vitkit.models.presets import preset_config
 from vitkit.objectives.distill import DEFAULT_ALPHA, DEFAULT_TAU
-from vitkit.train.init_model import INIT_OVERRIDES
 from vitkit.train.config import TrainConfig
+from vitkit.train.init_model import INIT_OVERRIDES
 
 # Compact transformers for small datasets, where even ViT-Ti/16's 5.7 M parameters overfit
 # and cost minutes per epoch on a laptop CPU. Measured on the digits: docs/training.md.
